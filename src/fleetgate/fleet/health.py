@@ -1,0 +1,64 @@
+"""Active health checks and model discovery for every replica; the proxy adds passive marks on failures."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+
+from fleetgate.fleet.client import EngineClient
+from fleetgate.fleet.engines.base import model_ids
+from fleetgate.fleet.engines.registry import adapter_for
+from fleetgate.fleet.replicas import Replica, ReplicaRegistry
+
+log = logging.getLogger(__name__)
+
+
+class HealthChecker:
+    """Checks every replica each `interval` seconds and refreshes its model list."""
+
+    def __init__(self, registry: ReplicaRegistry, client: EngineClient, interval: float, timeout: float) -> None:
+        self._registry = registry
+        self._client = client
+        self._interval = interval
+        self._timeout = timeout
+        self._task: asyncio.Task[None] | None = None
+
+    async def check(self, replica: Replica) -> None:
+        """Probe one replica and record the result."""
+        adapter = adapter_for(replica.kind)
+        try:
+            if adapter.health_path != adapter.models_path:
+                await self._client.get_json(replica.url + adapter.health_path, self._timeout)
+            models = model_ids(await self._client.get_json(replica.url + adapter.models_path, self._timeout))
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            if replica.healthy:
+                log.warning("replica %s unhealthy: %s", replica.id, exc or type(exc).__name__)
+            replica.mark(False, f"{type(exc).__name__}: {exc}"[:200])
+            return
+        if models:
+            replica.models = models
+        if not replica.healthy:
+            log.info("replica %s healthy (%s)", replica.id, ", ".join(sorted(replica.models)))
+        replica.mark(True)
+
+    async def check_all(self) -> None:
+        """Probe every replica once, concurrently."""
+        await asyncio.gather(*(self.check(r) for r in self._registry.all()))
+
+    def start(self) -> None:
+        """Run the periodic loop in the background."""
+        self._task = asyncio.create_task(self._loop(), name="fleetgate-health")
+
+    async def stop(self) -> None:
+        """Stop the periodic loop."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.check_all()

@@ -1,0 +1,150 @@
+"""The local stack `fleetgate up` runs in one process: supervised replicas plus the gateway, stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from fleetgate.app import build_app, build_gateway, remote_replicas
+from fleetgate.config import Config
+from fleetgate.errors import FleetError
+from fleetgate.fleet.local.rundir import ProcRecord, RunDir, RunState
+from fleetgate.fleet.local.supervisor import Supervisor
+from fleetgate.fleet.replicas import ReplicaRegistry
+
+log = logging.getLogger(__name__)
+
+ReadyHook = Callable[[RunState], Coroutine[Any, Any, None]]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its own signal capture: the stack decides what a signal stops, and in what order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the gateway's listening socket up front, so a busy port fails before any replica starts."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise FleetError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; pick another with --port or gateway.port"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_not_running(run_dir: RunDir) -> None:
+    """Refuse to start a second stack over a live one in the same run directory."""
+    state = run_dir.read()
+    if state is not None and state.supervisor is not None and state.supervisor.alive():
+        raise FleetError(
+            f"a stack is already running from {run_dir.path} (pid {state.supervisor.pid},"
+            f" gateway {state.gateway_url}); stop it with `fleetgate down`"
+        )
+
+
+async def run_stack(
+    config: Config,
+    run_dir: RunDir,
+    *,
+    binary: Path | None,
+    model: Path | None,
+    on_ready: ReadyHook | None = None,
+) -> None:
+    """Start replicas and the gateway, serve until SIGINT/SIGTERM, then drain and stop everything."""
+    check_not_running(run_dir)
+    sock = bind_socket(config.gateway.host, config.gateway.port)
+    host, port = sock.getsockname()[:2]
+    state = RunState(
+        supervisor=ProcRecord.of(os.getpid(), "supervisor"),
+        engines=[e.url for e in config.engines],
+        binary=str(binary) if binary else None,
+        model=str(model) if model else None,
+        model_alias=config.local.model_alias if config.local.replicas else None,
+    )
+    supervisor: Supervisor | None = None
+
+    def save() -> None:
+        if supervisor is not None:
+            state.replicas = [
+                ProcRecord.of(r.proc.pid, "replica", port=r.port, url=r.replica.url, id=r.replica.id)
+                for r in supervisor.replicas
+                if r.proc is not None
+            ]
+        run_dir.write(state)
+
+    save()
+    stop_event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop_event.set)
+    try:
+        registry = ReplicaRegistry(remote_replicas(config.engines))
+        if config.local.replicas > 0:
+            if binary is None or model is None:
+                raise FleetError("a local fleet needs an engine binary and a model")
+            supervisor = Supervisor(config.local, binary, model, run_dir.path / "logs", on_change=save)
+            starting = asyncio.create_task(supervisor.start())
+            stop_wait = asyncio.create_task(stop_event.wait())
+            await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            if not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                return
+            for replica in starting.result():
+                registry.add(replica)
+        gateway = build_gateway(config, registry)
+        server = _Server(
+            uvicorn.Config(
+                build_app(gateway),
+                loop="none",  # we already run inside the loop the CLI chose (uvloop when available)
+                http="httptools",
+                lifespan="on",
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=int(config.gateway.shutdown_grace),
+            )
+        )
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if serving.done():
+                serving.result()
+                raise FleetError("the gateway stopped while starting")
+            await asyncio.sleep(0.05)
+        state.gateway_url = f"http://{host}:{port}"
+        state.status = "ready"
+        save()
+        if on_ready is not None:
+            asyncio.create_task(on_ready(state))  # noqa: RUF006 - a one-off banner; it must not delay serving
+        stop_wait = asyncio.create_task(stop_event.wait())
+        await asyncio.wait({serving, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        state.status = "stopping"
+        save()
+        server.should_exit = True  # stop accepting; in-flight streams get the grace period
+        await serving
+        stop_wait.cancel()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if supervisor is not None:
+            await supervisor.stop()
+        sock.close()
+        run_dir.clear()
