@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 ReadyHook = Callable[[RunState], Coroutine[Any, Any, None]]
 
 
-class _Server(uvicorn.Server):
+class GatewayServer(uvicorn.Server):
     """uvicorn's server without its own signal capture: the stack decides what a signal stops, and in what order."""
 
     @contextlib.contextmanager
@@ -112,7 +112,7 @@ async def run_stack(
             for replica in starting.result():
                 registry.add(replica)
         gateway = build_gateway(config, registry)
-        server = _Server(
+        server = GatewayServer(
             uvicorn.Config(
                 build_app(gateway),
                 loop="none",  # we already run inside the loop the CLI chose (uvloop when available)

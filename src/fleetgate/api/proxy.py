@@ -184,10 +184,7 @@ class Proxy:
         model = outcome.model
         serving = self.registry.serving(model)
         if not serving:
-            err: ApiError = ModelNotFound(
-                f"The model `{model}` does not exist. Available models: {', '.join(sorted(self.registry.models()))}",
-                param="model",
-            )
+            err: ApiError = self._no_replica_for(model)
             outcome.status, outcome.http_status = "rejected", err.status
             await send_error(send, err, outcome.request_id)
             return
@@ -223,6 +220,20 @@ class Proxy:
         outcome.status = "engine_error"
         outcome.http_status = last_error.status
         await send_error(send, last_error, outcome.request_id)
+
+    def _no_replica_for(self, model: str) -> ApiError:
+        # An engine never reached has told us no models yet: the model may be its, so don't claim it doesn't exist.
+        unknown = [r.id for r in self.registry.all() if not r.models and not r.healthy]
+        if unknown:
+            return UpstreamUnavailable(
+                f"cannot serve `{model}` right now: engine(s) {', '.join(unknown)} are unreachable and their models"
+                " are not known yet; retry shortly",
+                retry_after=2,
+            )
+        return ModelNotFound(
+            f"The model `{model}` does not exist. Available models: {', '.join(sorted(self.registry.models()))}",
+            param="model",
+        )
 
     def _route(self, model: str, serving: list[Replica], tried: set[str]) -> RouteDecision | None:
         healthy = [r for r in serving if r.healthy]

@@ -1,0 +1,208 @@
+"""Closed-loop HTTP load: N workers each send the next request as soon as the last one ended, for a fixed time."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+CHAT_PATH = "/v1/chat/completions"
+_MESSAGES = [{"role": "user", "content": "Say hello in five words."}]
+NON_STREAM_BODY = orjson.dumps({"model": "fake", "messages": _MESSAGES, "max_tokens": 16})
+# No stream_options: the client does not ask for usage, so no usage chunk may reach it through any proxy.
+STREAM_BODY = orjson.dumps({"model": "fake", "messages": _MESSAGES, "max_tokens": 16, "stream": True})
+
+
+@dataclass
+class Target:
+    """One thing to send load to; `cpu_role` names the process tree whose CPU time is charged to it."""
+
+    name: str
+    base_url: str
+    api_key: str | None
+    cpu_role: str
+    session: aiohttp.ClientSession | None = None
+
+    def headers(self) -> dict[str, str]:
+        """Request headers (the bearer key when there is one)."""
+        h = {"content-type": "application/json"}
+        if self.api_key:
+            h["authorization"] = f"Bearer {self.api_key}"
+        return h
+
+    async def open(self, max_conns: int) -> None:
+        """Open this target's own connection pool, so targets never share connections."""
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max_conns, limit_per_host=max_conns, keepalive_timeout=300),
+            timeout=aiohttp.ClientTimeout(total=30),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+
+@dataclass
+class CellResult:
+    """What one target did in one (concurrency, mode) cell of one round."""
+
+    target: str
+    concurrency: int
+    stream: bool
+    elapsed: float
+    requests: int
+    latencies: list[float] = field(repr=False)
+    ttfbs: list[float] = field(repr=False)
+    chunks: int
+    errors: int
+    error_kinds: dict[str, int]
+    cpu: dict[str, float]  # CPU seconds used during the cell, by process role
+    upstream_conns: int | None = None  # connections the engine accepted during the cell (pool reuse check)
+
+    @property
+    def rps(self) -> float:
+        """Completed requests per second."""
+        return self.requests / self.elapsed if self.elapsed else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """Numbers only (no raw samples), for JSON and for taking medians across rounds."""
+        return {
+            "target": self.target,
+            "concurrency": self.concurrency,
+            "stream": self.stream,
+            "elapsed_s": self.elapsed,
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_kinds": self.error_kinds,
+            "rps": self.rps,
+            "p50_ms": percentile(self.latencies, 50) * 1e3,
+            "p99_ms": percentile(self.latencies, 99) * 1e3,
+            "ttfb_p50_ms": percentile(self.ttfbs, 50) * 1e3 if self.ttfbs else None,
+            "chunks": self.chunks,
+            "cpu_s": self.cpu,
+            "upstream_conns_opened": self.upstream_conns,
+        }
+
+
+def percentile(samples: list[float], pct: float) -> float:
+    """The pct-th percentile with linear interpolation (NaN when there are no samples)."""
+    if not samples:
+        return float("nan")
+    if len(samples) == 1:
+        return samples[0]
+    return statistics.quantiles(samples, n=100, method="inclusive")[round(pct) - 1] if pct < 100 else max(samples)
+
+
+def check_stream(data: bytes, expected_chunks: int) -> tuple[int, str | None]:
+    """Count the chunk events of a whole SSE body; return (chunks, what is wrong or None)."""
+    chunks = data.count(b"data: {")
+    if not data.rstrip().endswith(b"data: [DONE]"):
+        return chunks, "stream did not end with [DONE]"
+    if b'"usage":{' in data or b'"choices":[]' in data:
+        return chunks, "usage chunk reached a client that did not ask for it"
+    if chunks != expected_chunks:
+        return chunks, f"expected {expected_chunks} chunks, got {chunks}"
+    return chunks, None
+
+
+def check_completion(data: bytes) -> str | None:
+    """What is wrong with a non-stream answer, or None."""
+    if b'"finish_reason":"stop"' not in data or b"tok15 " not in data:
+        return "completion body is not the fake engine's answer"
+    return None
+
+
+async def run_cell(
+    target: Target,
+    concurrency: int,
+    stream: bool,
+    duration: float,
+    expected_chunks: int,
+    cpu_probe: Callable[[], dict[str, float]] | None = None,
+) -> CellResult:
+    """Run `concurrency` closed-loop workers against `target` for `duration` seconds and measure."""
+    session = target.session
+    assert session is not None, "Target.open() first"
+    url = target.base_url + CHAT_PATH
+    body = STREAM_BODY if stream else NON_STREAM_BODY
+    headers = target.headers()
+    latencies: list[float] = []
+    ttfbs: list[float] = []
+    kinds: Counter[str] = Counter()
+    chunks_total = 0
+    clock = time.perf_counter
+
+    async def one() -> None:
+        nonlocal chunks_total
+        t0 = clock()
+        try:
+            async with session.post(url, data=body, headers=headers) as resp:
+                if not stream:
+                    data = await resp.read()
+                    t_end = clock()
+                    problem = f"HTTP {resp.status}" if resp.status != 200 else check_completion(data)
+                    first = t_end
+                else:
+                    parts: list[bytes] = []
+                    first = 0.0
+                    async for piece in resp.content.iter_any():
+                        if not parts:
+                            first = clock()
+                        parts.append(piece)
+                    t_end = clock()
+                    if resp.status != 200:
+                        problem = f"HTTP {resp.status}"
+                        n = 0
+                    else:
+                        n, problem = check_stream(b"".join(parts), expected_chunks)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            kinds[type(exc).__name__] += 1
+            return
+        if problem is not None:
+            kinds[problem] += 1
+            return
+        latencies.append(t_end - t0)
+        if stream:
+            ttfbs.append(first - t0)
+            chunks_total += n
+
+    async def worker(deadline: float) -> None:
+        while clock() < deadline:
+            await one()
+
+    # The collector would pause this process at random points, which lands in whichever target is running.
+    gc.collect()
+    gc.disable()
+    try:
+        cpu0 = cpu_probe() if cpu_probe else {}
+        began = clock()
+        await asyncio.gather(*(worker(began + duration) for _ in range(concurrency)))
+        elapsed = clock() - began
+        cpu1 = cpu_probe() if cpu_probe else {}
+    finally:
+        gc.enable()
+    return CellResult(
+        target=target.name,
+        concurrency=concurrency,
+        stream=stream,
+        elapsed=elapsed,
+        requests=len(latencies),
+        latencies=latencies,
+        ttfbs=ttfbs,
+        chunks=chunks_total,
+        errors=sum(kinds.values()),
+        error_kinds=dict(kinds),
+        cpu={k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1},
+    )

@@ -1,0 +1,630 @@
+"""Gateway overhead: fleetgate vs. a direct connection vs. LiteLLM, all in front of one fast fake engine.
+
+Run from the repo root: `.venv/bin/python bench/overhead.py` (full, about 5 minutes plus a one-time LiteLLM
+install), or `--quick` for a smoke test. Everything listens on 127.0.0.1; every process started here is stopped
+by its PID at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import aiohttp
+from rich.console import Console
+from rich.table import Table
+
+import fake_upstream
+from litellm_target import DEFAULT_VENV, MASTER_KEY, ensure_venv, installed_version, start_litellm
+from loadgen import NON_STREAM_BODY, STREAM_BODY, CellResult, Target, check_completion, check_stream, run_cell
+from procs import Child, StartError, cpu_seconds, free_port, start, wait_ready
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DOCS = REPO / "docs" / "benchmarks.md"
+SECTION = "## Gateway overhead (bench/overhead.py)"
+DEMO_KEY = "fg-demo-0123456789abcdef"
+# The client never asks for usage, so every proxy must hand it exactly the engine's content and finish chunks.
+EXPECTED_CHUNKS = fake_upstream.EXPECTED_EVENTS
+TARGET_ORDER = ("direct", "fleetgate", "litellm")
+ROLE_OF = {"direct": "engine", "fleetgate": "gateway", "litellm": "litellm"}
+
+# The goals this benchmark checks (see the verdict lines in the report).
+MAX_ADDED_P50_MS = 1.0
+MIN_RATE_VS_DIRECT = 0.60
+MIN_RATE_VS_LITELLM = 10.0
+MAX_CPU_MS_PER_CHUNK = 0.05
+
+console = Console(highlight=False)
+
+
+@dataclass
+class Settings:
+    """What one run does, from the command line."""
+
+    duration: float
+    warmup: float
+    rounds: int
+    concurrency: list[int]
+    litellm: bool
+    litellm_venv: Path
+    burst: bool
+    json_path: Path | None
+    docs_path: Path | None
+    keep_logs: bool
+    command: str
+
+
+@dataclass
+class Run:
+    """Everything measured, plus the facts the report needs."""
+
+    settings: Settings
+    meta: dict[str, Any]
+    cells: list[CellResult] = field(default_factory=list)
+    litellm_note: str = ""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Settings:
+    """Command-line options; `--quick` is a 1 s x 1 round smoke test without LiteLLM that leaves the docs alone."""
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--duration", type=float, default=5.0, help="seconds measured per target and cell (default 5)")
+    p.add_argument("--warmup", type=float, default=None, help="seconds of unmeasured load before each cell")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over all cells; medians are reported (default 3)")
+    p.add_argument("--concurrency", default="1,32", help="comma-separated client concurrencies (default 1,32)")
+    p.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM comparison")
+    p.add_argument("--litellm-venv", type=Path, default=DEFAULT_VENV, help=f"LiteLLM's venv (default {DEFAULT_VENV})")
+    p.add_argument("--burst", action="store_true", help="fake engine sends each stream in one write, not per event")
+    p.add_argument("--json", type=Path, default=None, dest="json_path", help="write raw numbers to this JSON file")
+    p.add_argument("--docs", type=Path, default=None, help=f"Markdown file to update (default {DEFAULT_DOCS})")
+    p.add_argument("--no-docs", action="store_true", help="do not update the Markdown file")
+    p.add_argument("--keep-logs", action="store_true", help="keep the temporary directory with the child logs")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 s per cell, 1 round, no LiteLLM, no docs")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.duration, a.rounds, a.no_litellm = 1.0, 1, True
+    concurrency = sorted({int(c) for c in a.concurrency.split(",") if c.strip()})
+    if not concurrency or min(concurrency) < 1 or a.duration <= 0 or a.rounds < 1:
+        p.error("--concurrency needs positive integers; --duration and --rounds must be positive")
+    docs: Path | None = a.docs or DEFAULT_DOCS
+    if a.no_docs or (a.quick and a.docs is None):
+        docs = None  # a smoke test must not overwrite real numbers
+    python = Path(sys.executable)
+    shown_python = os.path.relpath(python) if python.is_relative_to(Path.cwd()) else str(python)
+    return Settings(
+        duration=a.duration,
+        warmup=a.warmup if a.warmup is not None else min(1.0, max(0.2, a.duration / 5)),
+        rounds=a.rounds,
+        concurrency=concurrency,
+        litellm=not a.no_litellm,
+        litellm_venv=a.litellm_venv,
+        burst=a.burst,
+        json_path=a.json_path,
+        docs_path=docs,
+        keep_logs=a.keep_logs,
+        command=shlex.join([shown_python, *sys.argv]),
+    )
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU count and model, memory, load average and versions, for the report header."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for dist in ("fleetgate", "aiohttp", "uvicorn", "starlette", "uvloop", "httptools"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = "-"
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg_start": os.getloadavg(),
+        "versions": versions,
+    }
+
+
+def start_upstream(workdir: Path, burst: bool) -> tuple[Child, int]:
+    """Start the fake engine on a free port and wait for /health."""
+    port_file = workdir / "upstream.port"
+    port_file.unlink(missing_ok=True)  # a stale file would name a port nobody listens on
+    args = [sys.executable, str(Path(fake_upstream.__file__).resolve()), "--port", "0", "--port-file", str(port_file)]
+    if burst:
+        args.append("--burst")
+    child = start("fake upstream", args, workdir / "upstream.log")
+    deadline = time.monotonic() + 30
+    while not port_file.exists():
+        if not child.alive() or time.monotonic() > deadline:
+            child.stop()
+            raise StartError(f"the fake upstream did not start; log:\n{child.log_tail()}")
+        time.sleep(0.02)
+    port = int(port_file.read_text())
+    wait_ready(child, f"http://127.0.0.1:{port}/health", 30)
+    return child, port
+
+
+def start_gateway(workdir: Path, upstream_port: int) -> tuple[Child, int]:
+    """Start `fleetgate up` in front of the fake engine, isolated from any real stack, and wait for /readyz."""
+    exe = Path(sys.executable).parent / "fleetgate"
+    fleetgate = str(exe) if exe.exists() else shutil.which("fleetgate")
+    if fleetgate is None:
+        raise StartError("no `fleetgate` command next to this Python or on PATH; install the package first")
+    port = free_port()
+    # Defaults only: no FLEETGATE_* overrides from this shell, no fleetgate.yaml (the working directory is ours).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")}
+    env["FLEETGATE_RUN_DIR"] = str(workdir / "run")
+    args = [fleetgate, "up", "--engine", f"http://127.0.0.1:{upstream_port}", "--port", str(port), "--no-self-test"]
+    child = start("fleetgate", args, workdir / "fleetgate.log", env=env, cwd=workdir)
+    try:
+        wait_ready(child, f"http://127.0.0.1:{port}/readyz", 60)
+    except BaseException:
+        child.stop()
+        raise
+    return child, port
+
+
+async def sanity_check(target: Target) -> str | None:
+    """One request of each kind; return what is wrong, or None."""
+    assert target.session is not None
+    url = target.base_url + "/v1/chat/completions"
+    try:
+        async with target.session.post(url, data=NON_STREAM_BODY, headers=target.headers()) as resp:
+            data = await resp.read()
+            if resp.status != 200:
+                return f"non-stream request answered HTTP {resp.status}: {data[:200]!r}"
+            problem = check_completion(data)
+            if problem:
+                return f"non-stream: {problem}: {data[:200]!r}"
+        async with target.session.post(url, data=STREAM_BODY, headers=target.headers()) as resp:
+            data = await resp.read()
+            if resp.status != 200:
+                return f"stream request answered HTTP {resp.status}: {data[:200]!r}"
+            _, problem = check_stream(data, EXPECTED_CHUNKS)
+            if problem:
+                return f"stream: {problem}"
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return f"request failed: {type(exc).__name__}: {exc}"
+    return None
+
+
+async def upstream_connections(session: aiohttp.ClientSession, port: int) -> int:
+    """How many connections the fake engine has accepted so far."""
+    async with session.get(f"http://127.0.0.1:{port}/stats") as resp:
+        return int((await resp.json())["connections"])
+
+
+async def measure(run: Run, targets: list[Target], upstream_port: int, probe: Callable[[], dict[str, float]]) -> None:
+    """Interleave the targets cell by cell, round by round, so drift and noise hit them alike."""
+    s = run.settings
+    stats_session = aiohttp.ClientSession()
+    for t in targets:
+        await t.open(max(s.concurrency))
+    try:
+        for t in list(targets):
+            problem = await sanity_check(t)
+            if problem is None:
+                continue
+            if t.name != "litellm":
+                raise RuntimeError(f"{t.name} failed its sanity check: {problem}")
+            run.litellm_note = f"failed its sanity check: {problem}"
+            console.print(f"[yellow]LiteLLM {run.litellm_note}; reporting n/a for it[/]")
+            await t.close()
+            targets.remove(t)
+        cells = [(c, stream) for c in s.concurrency for stream in (False, True)]
+        total = s.rounds * len(cells) * len(targets)
+        est = total * (s.duration + s.warmup)
+        console.print(
+            f"measuring {total} cells of {s.duration:g} s (+{s.warmup:g} s warm-up): about {est / 60:.1f} min"
+        )
+        for rnd in range(s.rounds):
+            # Rotate who goes first each round, so no target always runs right after another one's load.
+            order = targets[rnd % len(targets) :] + targets[: rnd % len(targets)]
+            for c, stream in cells:
+                for t in order:
+                    await run_cell(t, c, stream, s.warmup, EXPECTED_CHUNKS)
+                    before = await upstream_connections(stats_session, upstream_port)
+                    cell = await run_cell(t, c, stream, s.duration, EXPECTED_CHUNKS, probe)
+                    cell.upstream_conns = await upstream_connections(stats_session, upstream_port) - before
+                    run.cells.append(cell)
+                    _progress(rnd, s.rounds, cell)
+    finally:
+        for t in targets:
+            await t.close()
+        await stats_session.close()
+
+
+def _progress(rnd: int, rounds: int, cell: CellResult) -> None:
+    summ = cell.summary()
+    ttfb = f" ttfb {summ['ttfb_p50_ms']:.2f}" if cell.stream else ""
+    errors = f" [red]errors {cell.errors} {cell.error_kinds}[/]" if cell.errors else ""
+    console.print(
+        f"  round {rnd + 1}/{rounds} c={cell.concurrency:<3} {'stream' if cell.stream else 'whole '} "
+        f"{cell.target:<9} {cell.rps:8.0f} req/s  p50 {summ['p50_ms']:.2f} p99 {summ['p99_ms']:.2f}{ttfb} ms"
+        f"  client CPU {cell.cpu.get('client', 0) / cell.elapsed:.0%}{errors}"
+    )
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def aggregate(run: Run) -> dict[tuple[str, int, bool], dict[str, Any]]:
+    """Medians across rounds for each (target, concurrency, stream) cell, plus per-request and per-chunk CPU."""
+    groups: dict[tuple[str, int, bool], list[CellResult]] = {}
+    for cell in run.cells:
+        groups.setdefault((cell.target, cell.concurrency, cell.stream), []).append(cell)
+    out: dict[tuple[str, int, bool], dict[str, Any]] = {}
+    for key, cells in groups.items():
+        role = ROLE_OF[key[0]]
+        sums = [c.summary() for c in cells]
+        cpu_req = [c.cpu.get(role, 0.0) / c.requests * 1e3 if c.requests else None for c in cells]
+        cpu_chunk = [c.cpu.get(role, 0.0) / c.chunks * 1e3 if c.chunks else None for c in cells]
+        out[key] = {
+            "rounds": len(cells),
+            "rps": _median([x["rps"] for x in sums]),
+            "p50_ms": _median([x["p50_ms"] for x in sums]),
+            "p99_ms": _median([x["p99_ms"] for x in sums]),
+            "ttfb_p50_ms": _median([x["ttfb_p50_ms"] for x in sums]),
+            "cpu_ms_per_req": _median(cpu_req),
+            "cpu_ms_per_chunk": _median(cpu_chunk) if key[2] else None,
+            "client_cpu_share": _median([c.cpu.get("client", 0.0) / c.elapsed for c in cells]),
+            "engine_cpu_share": _median([c.cpu.get("engine", 0.0) / c.elapsed for c in cells]),
+            "requests": sum(c.requests for c in cells),
+            "errors": sum(c.errors for c in cells),
+            "upstream_conns_opened": sum(c.upstream_conns or 0 for c in cells),
+        }
+    return out
+
+
+@dataclass
+class Verdict:
+    """One goal, the number measured against it, and whether it was met (None when it cannot be judged)."""
+
+    goal: str
+    measured: str
+    ok: bool | None
+
+    def line(self, markdown: bool = False) -> str:
+        """`PASS|FAIL|n/a  goal: measured`."""
+        word = {True: "PASS", False: "FAIL", None: "n/a"}[self.ok]
+        if markdown:
+            word = f"**{word}**"
+        return f"{word} {self.goal}: {self.measured}"
+
+
+def verdicts(agg: dict[tuple[str, int, bool], dict[str, Any]], s: Settings, litellm_note: str) -> list[Verdict]:
+    """Check the measured medians against the goals."""
+    lo, hi = min(s.concurrency), max(s.concurrency)
+
+    def get(target: str, c: int, stream: bool, metric: str) -> float | None:
+        row = agg.get((target, c, stream))
+        return None if row is None else row.get(metric)
+
+    out: list[Verdict] = []
+    added = {m: _diff(get("fleetgate", lo, m, "p50_ms"), get("direct", lo, m, "p50_ms")) for m in (False, True)}
+    out.append(
+        Verdict(
+            f"added p50 <= {MAX_ADDED_P50_MS:g} ms at c={lo}",
+            f"{_ms(added[False])} ms non-stream, {_ms(added[True])} ms stream (to the end of the stream)",
+            _all_ok(v <= MAX_ADDED_P50_MS if v is not None else None for v in added.values()),
+        )
+    )
+    share = {m: _ratio(get("fleetgate", hi, m, "rps"), get("direct", hi, m, "rps")) for m in (False, True)}
+    out.append(
+        Verdict(
+            f"rate through the gateway >= {MIN_RATE_VS_DIRECT:.0%} of direct at c={hi}",
+            f"{_pct(share[False])} non-stream, {_pct(share[True])} stream",
+            _all_ok(v >= MIN_RATE_VS_DIRECT if v is not None else None for v in share.values()),
+        )
+    )
+    vs = {m: _ratio(get("fleetgate", hi, m, "rps"), get("litellm", hi, m, "rps")) for m in (False, True)}
+    out.append(
+        Verdict(
+            f"rate >= {MIN_RATE_VS_LITELLM:g}x LiteLLM's at c={hi}",
+            f"{_times(vs[False])} non-stream, {_times(vs[True])} stream"
+            + (f" (LiteLLM n/a: {litellm_note})" if litellm_note else ""),
+            _all_ok(v >= MIN_RATE_VS_LITELLM if v is not None else None for v in vs.values()),
+        )
+    )
+    per_chunk = get("fleetgate", hi, True, "cpu_ms_per_chunk")
+    per_chunk_lo = get("fleetgate", lo, True, "cpu_ms_per_chunk")
+    out.append(
+        Verdict(
+            f"gateway CPU <= {MAX_CPU_MS_PER_CHUNK:g} ms per streamed chunk (c={hi})",
+            f"{_ms(per_chunk, 3)} ms at c={hi} ({_ms(per_chunk_lo, 3)} ms at c={lo})",
+            None if per_chunk is None else per_chunk <= MAX_CPU_MS_PER_CHUNK,
+        )
+    )
+    return out
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _all_ok(checks: Any) -> bool | None:
+    values = list(checks)
+    if any(v is None for v in values):
+        return None
+    return all(values)
+
+
+def _ms(v: float | None, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:+.{digits}f}" if digits == 2 else f"{v:.{digits}f}"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
+def _times(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1f}x"
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+COLUMNS = (
+    "target",
+    "mode",
+    "c",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "TTFB p50 ms",
+    "server CPU ms/req",
+    "server CPU ms/chunk",
+    "client CPU",
+    "errors",
+)
+
+
+def table_rows(
+    agg: dict[tuple[str, int, bool], dict[str, Any]], s: Settings, litellm_note: str
+) -> list[tuple[str, ...]]:
+    """One row per target and cell; LiteLLM shows n/a (with the reason in the notes) when it could not run."""
+    rows: list[tuple[str, ...]] = []
+    for c in s.concurrency:
+        for stream in (False, True):
+            for name in TARGET_ORDER:
+                row = agg.get((name, c, stream))
+                label = f"{name} (engine CPU)" if name == "direct" else name
+                mode = "stream" if stream else "non-stream"
+                if row is None:
+                    if name == "litellm":
+                        rows.append((label, mode, str(c), "n/a", *("-",) * (len(COLUMNS) - 4)))
+                    continue
+                rows.append(
+                    (
+                        label,
+                        mode,
+                        str(c),
+                        _fmt(row["rps"], ".0f"),
+                        _fmt(row["p50_ms"], ".2f"),
+                        _fmt(row["p99_ms"], ".2f"),
+                        _fmt(row["ttfb_p50_ms"], ".2f"),
+                        _fmt(row["cpu_ms_per_req"], ".3f"),
+                        _fmt(row["cpu_ms_per_chunk"], ".4f"),
+                        _fmt(row["client_cpu_share"], ".0%"),
+                        str(row["errors"]),
+                    )
+                )
+    return rows
+
+
+def print_report(run: Run, agg: dict[tuple[str, int, bool], dict[str, Any]], checks: list[Verdict]) -> None:
+    """The Rich table and the verdicts."""
+    table = Table(title="Gateway overhead (medians over rounds)", header_style="bold")
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col in ("target", "mode") else "right")
+    for row in table_rows(agg, run.settings, run.litellm_note):
+        table.add_row(*row)
+    console.print(table)
+    if run.litellm_note:
+        console.print(f"LiteLLM: n/a ({run.litellm_note})")
+    for v in checks:
+        colour = {True: "green", False: "red", None: "yellow"}[v.ok]
+        console.print(f"[{colour}]{v.line()}[/]")
+
+
+def markdown_section(run: Run, agg: dict[tuple[str, int, bool], dict[str, Any]], checks: list[Verdict]) -> str:
+    """The docs section: setup, machine, command, table, verdicts."""
+    s, m = run.settings, run.meta
+    la0, la1 = m["loadavg_start"], m.get("loadavg_end", (float("nan"),) * 3)
+    lines = [
+        SECTION,
+        "",
+        f"Measured {m['date']} on {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, "
+        f"fleetgate {m['versions']['fleetgate']}; load average {la0[0]:.2f} / {la0[1]:.2f} / {la0[2]:.2f} at start, "
+        f"{la1[0]:.2f} / {la1[1]:.2f} / {la1[2]:.2f} at end.",
+        "",
+        f"Command: `{s.command}`",
+        "",
+        "Setup: a fake OpenAI engine (raw asyncio on uvloop, precomputed answers; a stream is "
+        f"{fake_upstream.CONTENT_CHUNKS} content chunks + a finish chunk + a usage chunk when asked + `[DONE]`, "
+        + ("all in one write" if s.burst else "one write per event, no delay")
+        + "), reached directly, through `fleetgate up --engine ...`, and through "
+        + (
+            f"LiteLLM proxy {m.get('litellm_version', '?')} (one process, no database, access log off)"
+            if s.litellm
+            else "no LiteLLM"
+        )
+        + f". A closed-loop aiohttp client in one process; the targets run back to back in each cell "
+        f"({s.warmup:g} s warm-up, {s.duration:g} s measured), {s.rounds} round(s), medians shown. "
+        "Client, engine and proxy share the same CPUs, so rates are relative, not absolute capacity. "
+        "Latency is to the last byte (end of stream); TTFB is to the first body byte. "
+        "Server CPU is utime+stime from /proc of the proxy process (of the fake engine for `direct`) over the cell, "
+        f"divided by requests and by chunks received ({EXPECTED_CHUNKS} per stream). "
+        "Client CPU is the load generator's share of one core.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "| " + " | ".join("---" if c in ("target", "mode") else "---:" for c in COLUMNS) + " |",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(agg, s, run.litellm_note)]
+    lines.append("")
+    if run.litellm_note:
+        lines += [f"LiteLLM: n/a ({run.litellm_note}).", ""]
+    lines += [f"- {v.line(markdown=True)}" for v in checks]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def update_docs(path: Path, section: str) -> None:
+    """Replace this benchmark's section in `path` (up to the next `## ` heading), or append it."""
+    header = (
+        "# Benchmarks\n\nMeasured numbers. Each section is written by the script named in its heading; "
+        "rerun that script to refresh it.\n\n"
+    )
+    text = path.read_text() if path.exists() else header
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+        tail = "".join(lines[end:])
+        new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new)
+
+
+def dump_json(path: Path, run: Run, agg: dict[tuple[str, int, bool], dict[str, Any]], checks: list[Verdict]) -> None:
+    """Raw per-round numbers, medians and verdicts."""
+    data = {
+        "meta": run.meta,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(run.settings).items()},
+        "litellm_note": run.litellm_note,
+        "cells": [{**c.summary(), "cpu_role": ROLE_OF[c.target]} for c in run.cells],
+        "medians": [{"target": k[0], "concurrency": k[1], "stream": k[2], **v} for k, v in sorted(agg.items())],
+        "verdicts": [{"goal": v.goal, "measured": v.measured, "ok": v.ok} for v in checks],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_async(coro: Any) -> Any:
+    """Run on uvloop when installed: the client should cost as little CPU as it can."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Start the fake engine, the gateway and LiteLLM, measure, report, and stop them all."""
+    settings = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, through the finally below that stops every child.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    run = Run(settings, machine_info())
+    workdir = Path(tempfile.mkdtemp(prefix="fleetgate-bench-"))
+    children: list[Child] = []
+    failed = True
+    try:
+        litellm_python: Path | None = None
+        if settings.litellm:
+            try:
+                litellm_python = ensure_venv(settings.litellm_venv, lambda msg: console.log(f"[dim]litellm:[/] {msg}"))
+                run.meta["litellm_version"] = installed_version(settings.litellm_venv)
+            except (RuntimeError, OSError, TimeoutError) as exc:
+                run.litellm_note = f"could not be installed: {str(exc).strip().splitlines()[0][:200]}"
+                console.print(f"[yellow]LiteLLM {run.litellm_note}[/]")
+        else:
+            run.litellm_note = "skipped (--no-litellm or --quick)"
+        upstream, upstream_port = start_upstream(workdir, settings.burst)
+        children.append(upstream)
+        gateway, gateway_port = start_gateway(workdir, upstream_port)
+        children.append(gateway)
+        console.print(
+            f"fake engine pid {upstream.pid} :{upstream_port}, fleetgate pid {gateway.pid} :{gateway_port}", end=""
+        )
+        targets = [
+            Target("direct", f"http://127.0.0.1:{upstream_port}", None, "engine"),
+            Target("fleetgate", f"http://127.0.0.1:{gateway_port}", DEMO_KEY, "gateway"),
+        ]
+        roles = {"engine": upstream.pid, "gateway": gateway.pid}
+        if litellm_python is not None:
+            port = free_port()
+            console.log("starting LiteLLM proxy (it imports a lot; this takes a while)")
+            try:
+                litellm = start_litellm(litellm_python, workdir, upstream_port, port)
+            except StartError as exc:
+                run.litellm_note = f"could not be started: {str(exc).splitlines()[0][:200]}"
+                console.print(f"\n[yellow]LiteLLM {run.litellm_note}[/]")
+            else:
+                children.append(litellm)
+                targets.append(Target("litellm", f"http://127.0.0.1:{port}", MASTER_KEY, "litellm"))
+                roles["litellm"] = litellm.pid
+                console.print(f", LiteLLM pid {litellm.pid} :{port}", end="")
+        console.print()
+
+        def probe() -> dict[str, float]:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            return {**cpu_seconds(roles), "client": usage.ru_utime + usage.ru_stime}
+
+        run_async(measure(run, targets, upstream_port, probe))
+        failed = False
+    except (StartError, RuntimeError) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        return 1
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted; stopping everything[/]")
+        return 130
+    finally:
+        for child in reversed(children):
+            child.stop()
+        if settings.keep_logs or failed:
+            console.print(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    run.meta["loadavg_end"] = os.getloadavg()
+    agg = aggregate(run)
+    checks = verdicts(agg, settings, run.litellm_note)
+    print_report(run, agg, checks)
+    if settings.json_path is not None:
+        dump_json(settings.json_path, run, agg, checks)
+        console.print(f"raw numbers: {settings.json_path}")
+    if settings.docs_path is not None:
+        update_docs(settings.docs_path, markdown_section(run, agg, checks))
+        console.print(f"updated {settings.docs_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Run a real gateway (uvicorn + the app) inside the test's event loop, on a free 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import uvicorn
+
+from fleetgate.app import Gateway, build_app, build_gateway, remote_replicas
+from fleetgate.config import Config, EngineEndpoint
+from fleetgate.fleet.replicas import ReplicaRegistry
+from fleetgate.stack import GatewayServer, bind_socket
+
+DEMO_KEY = "fg-demo-0123456789abcdef"
+
+
+@dataclass
+class RunningGateway:
+    """A gateway under test."""
+
+    url: str
+    gateway: Gateway
+    server: uvicorn.Server
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Auth headers with the demo key."""
+        return {"Authorization": f"Bearer {DEMO_KEY}"}
+
+
+@asynccontextmanager
+async def running_gateway(engine_urls: list[str], **gateway_overrides: object) -> AsyncIterator[RunningGateway]:
+    """Start a gateway in front of the given engines; stop it on exit."""
+    config = Config.model_validate(
+        {
+            "gateway": {"port": 0, "health_interval": 0.2, **gateway_overrides},
+            "local": {"replicas": 0},
+            "engines": [EngineEndpoint(url=u, id=f"engine-{i}").model_dump() for i, u in enumerate(engine_urls)],
+        }
+    )
+    gateway = build_gateway(config, ReplicaRegistry(remote_replicas(config.engines)))
+    sock = bind_socket("127.0.0.1", 0)
+    server = GatewayServer(
+        uvicorn.Config(build_app(gateway), loop="none", http="httptools", lifespan="on", log_level="warning")
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    for _ in range(200):
+        if server.started:
+            break
+        await asyncio.sleep(0.02)
+    port = sock.getsockname()[1]
+    try:
+        yield RunningGateway(f"http://127.0.0.1:{port}", gateway, server)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
