@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -15,6 +18,7 @@ from fleetgate.fleet.replicas import ReplicaRegistry
 from fleetgate.stack import GatewayServer, bind_socket
 
 DEMO_KEY = "fg-demo-0123456789abcdef"
+ADMIN_KEY = "fg-admin-0123456789abcdef"
 
 
 @dataclass
@@ -30,15 +34,26 @@ class RunningGateway:
         """Auth headers with the demo key."""
         return {"Authorization": f"Bearer {DEMO_KEY}"}
 
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """Auth headers with the admin key."""
+        return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
 
 @asynccontextmanager
-async def running_gateway(engine_urls: list[str], **gateway_overrides: object) -> AsyncIterator[RunningGateway]:
-    """Start a gateway in front of the given engines; stop it on exit."""
+async def running_gateway(
+    engine_urls: list[str], *, sections: dict[str, Any] | None = None, **gateway_overrides: object
+) -> AsyncIterator[RunningGateway]:
+    """Start a gateway in front of the given engines (fresh SQLite database unless `sections` names one)."""
+    db_dir = tempfile.mkdtemp(prefix="fg-gw-")
     config = Config.model_validate(
         {
             "gateway": {"port": 0, "health_interval": 0.2, **gateway_overrides},
             "local": {"replicas": 0},
             "engines": [EngineEndpoint(url=u, id=f"engine-{i}").model_dump() for i, u in enumerate(engine_urls)],
+            "database": {"url": f"sqlite:///{db_dir}/fleetgate.db"},
+            "tenancy": {"poll_interval": 0.1},
+            **(sections or {}),
         }
     )
     gateway = build_gateway(config, ReplicaRegistry(remote_replicas(config.engines)))
@@ -58,3 +73,4 @@ async def running_gateway(engine_urls: list[str], **gateway_overrides: object) -
         server.should_exit = True
         await asyncio.wait_for(task, 10)
         sock.close()
+        shutil.rmtree(db_dir, ignore_errors=True)

@@ -6,22 +6,29 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from sqlalchemy.exc import IntegrityError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from fleetgate.api import openai
+from fleetgate.api.admin import build_admin_app
 from fleetgate.api.errors import api_error_handler, http_exception_handler
 from fleetgate.api.proxy import Proxy
 from fleetgate.config import Config, EngineEndpoint
+from fleetgate.db.engine import make_engine, migrate
 from fleetgate.errors import ApiError
 from fleetgate.fleet.client import EngineClient
 from fleetgate.fleet.health import HealthChecker
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.routing.plugins import make_router
-from fleetgate.tenancy.auth import StaticKeyAuthenticator
+from fleetgate.tenancy.auth import TenantAuthenticator
+from fleetgate.tenancy.gate import TenantGate
+from fleetgate.tenancy.limits.factory import make_limiter
+from fleetgate.tenancy.models import TenantSpec
+from fleetgate.tenancy.store import TenantStore
 
 
 @dataclass
@@ -33,6 +40,8 @@ class Gateway:
     client: EngineClient
     proxy: Proxy
     health: HealthChecker
+    store: TenantStore
+    gate: TenantGate
 
 
 def remote_replicas(engines: list[EngineEndpoint]) -> list[Replica]:
@@ -50,17 +59,28 @@ def remote_replicas(engines: list[EngineEndpoint]) -> list[Replica]:
 
 
 def build_gateway(config: Config, registry: ReplicaRegistry) -> Gateway:
-    """Wire the gateway's parts from config; nothing runs until the app's lifespan starts."""
+    """Wire the gateway's parts from config; nothing connects until the app's lifespan starts."""
     client = EngineClient(config.gateway)
-    proxy = Proxy(
-        config.gateway,
-        registry,
-        make_router(config.gateway.router),
-        client,
-        StaticKeyAuthenticator(config.gateway.demo_api_key),
-    )
+    store = TenantStore(make_engine(config.database.url))
+    auth = TenantAuthenticator(store, config.tenancy.poll_interval)
+    limiter = make_limiter(config.limits.backend, config.limits.redis_url, config.limits.on_redis_error)
+    gate = TenantGate(auth, limiter, config.prices)
+    proxy = Proxy(config.gateway, registry, make_router(config.gateway.router), client, gate)
     health = HealthChecker(registry, client, config.gateway.health_interval, timeout=2.0)
-    return Gateway(config, registry, client, proxy, health)
+    return Gateway(config, registry, client, proxy, health, store, gate)
+
+
+async def seed_demo_tenant(config: Config, store: TenantStore) -> None:
+    """Create the demo tenant (once; operator edits to it are kept) and make sure the demo key works."""
+    key = config.gateway.demo_api_key
+    if key is None:
+        return
+    name = config.tenancy.demo_tenant
+    if await store.get_tenant(name) is None:
+        with contextlib.suppress(IntegrityError):  # another gateway process created it first
+            await store.upsert_tenant(TenantSpec(external_id=name, name="Demo tenant"), managed_by="fleetgate")
+    with contextlib.suppress(IntegrityError):
+        await store.ensure_key(name, key, name="demo key from config")
 
 
 def build_app(gateway: Gateway) -> Starlette:
@@ -68,6 +88,9 @@ def build_app(gateway: Gateway) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await migrate(gateway.store.engine)
+        await seed_demo_tenant(gateway.config, gateway.store)
+        await gateway.gate.auth.start()
         await gateway.client.start()
         await gateway.health.check_all()
         gateway.health.start()
@@ -76,6 +99,9 @@ def build_app(gateway: Gateway) -> Starlette:
         finally:
             await gateway.health.stop()
             await gateway.client.close()
+            await gateway.gate.auth.stop()
+            await gateway.gate.limiter.close()
+            await gateway.store.close()
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -87,11 +113,14 @@ def build_app(gateway: Gateway) -> Starlette:
             {"status": "ready" if healthy else "no healthy replica", "healthy_replicas": healthy}, status_code=status
         )
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *openai.routes(gateway.proxy),
     ]
+    admin_key = gateway.config.gateway.admin_api_key
+    if admin_key is not None:
+        routes.append(Mount("/admin", app=build_admin_app(gateway.store, gateway.registry, admin_key)))
     return Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fleetgate.errors import ConfigError
+from fleetgate.paths import default_state_dir
 
 EngineKind = Literal["llamacpp", "vllm", "sglang", "openai"]
 
@@ -27,7 +28,12 @@ class GatewayConfig(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    demo_api_key: str = Field("fg-demo-0123456789abcdef", min_length=8, description="accepted until tenants exist")
+    demo_api_key: str | None = Field(
+        "fg-demo-0123456789abcdef", min_length=8, description="seeded as a key of the demo tenant; null = none"
+    )
+    admin_api_key: str | None = Field(
+        "fg-admin-0123456789abcdef", min_length=8, description="guards /admin; null disables the admin API"
+    )
     connect_timeout: float = Field(5.0, gt=0, description="seconds to open an upstream connection")
     first_byte_timeout: float = Field(120.0, gt=0, description="seconds until the engine sends its first byte")
     idle_timeout: float = Field(60.0, gt=0, description="seconds between two stream chunks before giving up")
@@ -71,12 +77,59 @@ class LocalFleetConfig(_Strict):
     gpu_type: str = "cpu"
 
 
+class DatabaseConfig(_Strict):
+    """Where tenants, keys (and later the ledger) live."""
+
+    url: str = Field(default_factory=lambda: f"sqlite:///{default_state_dir() / 'fleetgate.db'}")
+
+
+class LimitsConfig(_Strict):
+    """Back end of the fast limits (requests/min, tokens/min, concurrency, budget)."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    on_redis_error: Literal["fail_open", "fail_closed"] = "fail_open"
+
+
+class TenancyConfig(_Strict):
+    """Tenant plane settings."""
+
+    demo_tenant: str = Field("demo", description="external id of the tenant the demo key belongs to")
+    poll_interval: float = Field(0.5, gt=0, le=5, description="seconds between key-cache revision checks")
+
+
+class ModelPrice(_Strict):
+    """Prices per 1M tokens, in the currency's units."""
+
+    input: float = Field(0.0, ge=0)
+    cached_input: float = Field(0.0, ge=0)
+    output: float = Field(0.0, ge=0)
+
+
+class PricesConfig(_Strict):
+    """The price book the fast budget counter uses (rating of the ledger is separate and versioned)."""
+
+    currency: str = "USD"
+    default: ModelPrice = Field(default_factory=lambda: ModelPrice())
+    models: dict[str, ModelPrice] = Field(
+        default_factory=lambda: {"smollm2": ModelPrice(input=0.10, cached_input=0.05, output=0.20)}
+    )
+
+    def for_model(self, model: str) -> ModelPrice:
+        """The price of a model, or the default."""
+        return self.models.get(model, self.default)
+
+
 class Config(_Strict):
     """The whole fleetgate configuration."""
 
     gateway: GatewayConfig = Field(default_factory=lambda: GatewayConfig())
     local: LocalFleetConfig = Field(default_factory=lambda: LocalFleetConfig())
     engines: list[EngineEndpoint] = Field(default_factory=list)
+    database: DatabaseConfig = Field(default_factory=lambda: DatabaseConfig())
+    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
+    tenancy: TenancyConfig = Field(default_factory=lambda: TenancyConfig())
+    prices: PricesConfig = Field(default_factory=lambda: PricesConfig())
     run_dir: Path | None = None
 
 

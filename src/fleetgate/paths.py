@@ -15,10 +15,18 @@ def cache_dir() -> Path:
     return Path(base) / "fleetgate"
 
 
+def default_state_dir() -> Path:
+    """Where fleetgate keeps its state (the default SQLite database, the run dir); `FLEETGATE_STATE_DIR` overrides."""
+    override = os.environ.get("FLEETGATE_STATE_DIR")
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "fleetgate"
+
+
 def default_run_dir() -> Path:
     """Where `up` keeps PIDs and state so `down` and `status` can find them; `FLEETGATE_RUN_DIR` overrides."""
     override = os.environ.get("FLEETGATE_RUN_DIR")
     if override:
         return Path(override)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "fleetgate" / "run"
+    return default_state_dir() / "run"

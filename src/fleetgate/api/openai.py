@@ -36,13 +36,15 @@ def routes(proxy: Proxy) -> list[Route]:
 
     async def list_models(request: Request) -> Response:
         try:
-            proxy.auth.authenticate(request.headers.get("authorization", "").encode() or None)
+            principal = await proxy.gate.authenticate(request.headers.get("authorization", "").encode() or None)
         except ApiError as err:
             return error_response(err)
         created = int(time.time())
+        tenant = principal.tenant
         data = [
             {"id": name, "object": "model", "created": created, "owned_by": "fleetgate"}
             for name in sorted(proxy.registry.models())
+            if tenant.allows_model(name)
         ]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 

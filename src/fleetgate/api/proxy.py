@@ -28,7 +28,7 @@ from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.ids import request_id
 from fleetgate.metering.sse import SSERelay
 from fleetgate.routing.router import RouteDecision, Router, RouteRequest
-from fleetgate.tenancy.auth import StaticKeyAuthenticator
+from fleetgate.tenancy.gate import TenantGate
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +105,13 @@ class Proxy:
         registry: ReplicaRegistry,
         router: Router,
         client: EngineClient,
-        auth: StaticKeyAuthenticator,
+        gate: TenantGate,
     ) -> None:
         self.cfg = cfg
         self.registry = registry
         self.router = router
         self.client = client
-        self.auth = auth
+        self.gate = gate
         self.in_flight = 0
 
     async def handle(self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend, endpoint: Endpoint) -> None:
@@ -121,16 +121,24 @@ class Proxy:
         self.in_flight += 1
         try:
             try:
-                outcome.principal = self.auth.authenticate(_header(scope, b"authorization"))
+                principal = await self.gate.authenticate(_header(scope, b"authorization"))
+                outcome.principal = principal.tenant.external_id
                 body = await read_body(receive, self.cfg.max_body_bytes)
                 payload = parse_request(body, endpoint)
+                outcome.model = payload["model"]
+                outcome.stream = payload.get("stream", False)
+                serving = self.registry.serving(outcome.model)
+                if not serving:
+                    raise self._no_replica_for(outcome.model)
+                admission = await self.gate.admit(principal, payload, rid)
             except ApiError as err:
                 outcome.status, outcome.http_status = "rejected", err.status
                 await send_error(send, err, rid)
                 return
-            outcome.model = payload["model"]
-            outcome.stream = payload.get("stream", False)
-            await self._serve_watching_disconnect(payload, outcome, receive, send)
+            try:
+                await self._serve_watching_disconnect(payload, serving, outcome, receive, send)
+            finally:
+                await self.gate.settle(admission, outcome.usage, outcome.events)
         finally:
             self.in_flight -= 1
             outcome.ended_at = time.time()
@@ -150,7 +158,12 @@ class Proxy:
             )
 
     async def _serve_watching_disconnect(
-        self, payload: dict[str, Any], outcome: RequestOutcome, receive: ASGIReceive, send: ASGISend
+        self,
+        payload: dict[str, Any],
+        serving: list[Replica],
+        outcome: RequestOutcome,
+        receive: ASGIReceive,
+        send: ASGISend,
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -167,7 +180,7 @@ class Proxy:
 
         watcher = asyncio.create_task(watch())
         try:
-            await self._serve(payload, outcome, send, state)
+            await self._serve(payload, serving, outcome, send, state)
         except asyncio.CancelledError:
             if not state["disconnected"]:
                 raise
@@ -179,15 +192,14 @@ class Proxy:
             watcher.cancel()
 
     async def _serve(
-        self, payload: dict[str, Any], outcome: RequestOutcome, send: ASGISend, state: dict[str, bool]
+        self,
+        payload: dict[str, Any],
+        serving: list[Replica],
+        outcome: RequestOutcome,
+        send: ASGISend,
+        state: dict[str, bool],
     ) -> None:
         model = outcome.model
-        serving = self.registry.serving(model)
-        if not serving:
-            err: ApiError = self._no_replica_for(model)
-            outcome.status, outcome.http_status = "rejected", err.status
-            await send_error(send, err, outcome.request_id)
-            return
         client_wants_usage = False
         if outcome.stream:
             options = payload.get("stream_options") or {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fleetgate.cli import engine, stack
+from fleetgate.cli import apply, engine, keys, stack, tenants
 
 app = typer.Typer(
     name="fleetgate",
@@ -13,7 +13,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 stack.register(app)
+apply.register(app)
 app.add_typer(engine.app, name="engine")
+app.add_typer(tenants.app, name="tenants")
+app.add_typer(keys.app, name="keys")
 
 
 def main() -> None:

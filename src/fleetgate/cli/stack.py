@@ -32,7 +32,6 @@ from fleetgate.config import Config, EngineEndpoint
 from fleetgate.errors import FleetgateError
 from fleetgate.fleet.local.model import resolve_model
 from fleetgate.fleet.local.rundir import RunState, stop_recorded
-from fleetgate.stack import check_not_running, run_stack
 
 
 def _apply_cli(config: Config, host: str | None, port: int | None, replicas: int | None, engines: list[str]) -> Config:
@@ -52,13 +51,18 @@ def _apply_cli(config: Config, host: str | None, port: int | None, replicas: int
     return config
 
 
-def banner(state: RunState, key: str) -> str:
+NO_DEMO_KEY = "<a key from `fleetgate keys create <tenant>`>"
+
+
+def banner(state: RunState, key: str, config: Config) -> str:
     """What a user needs to send the first request."""
     url = state.gateway_url or ""
     model = state.model_alias or "<model>"
+    admin = config.gateway.admin_api_key or "(admin API disabled)"
     return (
         f"Gateway: {url}   replicas: {len(state.replicas) or len(state.engines)}\n"
-        f"Demo API key: {key}\n\n"
+        f"Demo tenant: {config.tenancy.demo_tenant}   API key: {key}\n"
+        f"Admin key (for /admin): {admin}\n\n"
         f"curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
         f"""-d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 32}}'"""
     )
@@ -106,6 +110,8 @@ def up(
 ) -> None:
     """Build the engine if needed, start local replicas and the gateway, serve until Ctrl-C or `fleetgate down`."""
     config = _apply_cli(load(config_path), host, port, replicas, engine)
+    from fleetgate.stack import check_not_running, run_stack  # the whole gateway: only `up` needs it
+
     run_dir = run_dir_for(config)
     try:
         check_not_running(run_dir)
@@ -123,15 +129,17 @@ def up(
     if detach:
         _detach(config_path, host, port, replicas, engine, self_test, as_json, config)
         return
-    key = config.gateway.demo_api_key
+    key = config.gateway.demo_api_key or NO_DEMO_KEY
 
     async def on_ready(state: RunState) -> None:
         if as_json:
             print_json({**state.to_json(), "demo_api_key": key})
         else:
-            console.print(Panel(banner(state, key), title="fleetgate is up", border_style="green"), soft_wrap=True)
+            console.print(
+                Panel(banner(state, key, config), title="fleetgate is up", border_style="green"), soft_wrap=True
+            )
             console.print(Syntax(sdk_snippet(state, key), "python", theme="ansi_dark"))
-        if self_test and state.model_alias:
+        if self_test and state.model_alias and config.gateway.demo_api_key:
             try:
                 console.print(await _self_test(state, key, state.model_alias), highlight=False)
             except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
@@ -182,7 +190,12 @@ def _detach(
             if as_json:
                 print_json({**state.to_json(), "demo_api_key": config.gateway.demo_api_key, "log": str(log_path)})
             else:
-                console.print(Panel(banner(state, config.gateway.demo_api_key), title="fleetgate is up (detached)"))
+                console.print(
+                    Panel(
+                        banner(state, config.gateway.demo_api_key or NO_DEMO_KEY, config),
+                        title="fleetgate is up (detached)",
+                    )
+                )
                 console.print(f"Logs: {log_path}. Stop with `fleetgate down`.")
             return
         if proc.poll() is not None:

@@ -1,11 +1,32 @@
-"""Bearer-key authentication; until tenants exist, one demo key from config is accepted."""
+"""Bearer-key authentication against the tenant store, through an in-memory cache invalidated by revision polling."""
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import hmac
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from fleetgate.errors import AuthenticationFailed
+from sqlalchemy.exc import SQLAlchemyError
+
+from fleetgate.errors import AuthenticationFailed, PermissionDenied, UpstreamUnavailable
+from fleetgate.tenancy.keys import hash_key
+from fleetgate.tenancy.models import ApiKeyInfo, Tenant
+from fleetgate.tenancy.store import TenantStore
+
+log = logging.getLogger(__name__)
+
+_MAX_CACHED = 100_000
+_MAX_NEGATIVE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who sent a request: the key and its tenant."""
+
+    key: ApiKeyInfo
+    tenant: Tenant
 
 
 def bearer_token(authorization: bytes | None) -> str:
@@ -19,15 +40,82 @@ def bearer_token(authorization: bytes | None) -> str:
     return token
 
 
-class StaticKeyAuthenticator:
-    """Accepts exactly one configured key; compares digests in constant time."""
+class TenantAuthenticator:
+    """Maps keys to tenants; a revoked key or suspended tenant stops working within one poll interval."""
 
-    def __init__(self, key: str) -> None:
-        self._digest = hashlib.sha256(key.encode()).digest()
+    def __init__(self, store: TenantStore, poll_interval: float = 0.5) -> None:
+        self._store = store
+        self._poll_interval = poll_interval
+        self._cache: dict[str, tuple[ApiKeyInfo, Tenant]] = {}
+        self._unknown: set[str] = set()
+        self._revision = -1
+        self._task: asyncio.Task[None] | None = None
 
-    def authenticate(self, authorization: bytes | None) -> str:
-        """Return the principal id for a valid header, else raise AuthenticationFailed (never echoing the key)."""
-        token = bearer_token(authorization)
-        if not hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self._digest):
+    async def start(self) -> None:
+        """Read the current revision and start polling for changes."""
+        self._revision = await self._store.revision()
+        self._task = asyncio.create_task(self._poll(), name="fleetgate-key-cache")
+
+    async def stop(self) -> None:
+        """Stop polling."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def invalidate(self) -> None:
+        """Forget every cached key (called on any tenancy change)."""
+        self._cache.clear()
+        self._unknown.clear()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            try:
+                revision = await self._store.revision()
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("tenant store unreachable, keeping cached keys: %s", type(exc).__name__)
+                continue
+            if revision != self._revision:
+                self._revision = revision
+                self.invalidate()
+
+    async def authenticate(self, authorization: bytes | None) -> Principal:
+        """The principal for a header, or 401/403 with a message that never echoes the key."""
+        digest = hash_key(bearer_token(authorization))
+        entry = self._cache.get(digest)
+        if entry is None:
+            if digest in self._unknown:
+                raise AuthenticationFailed("invalid API key: check the key you were given")
+            entry = await self._load(digest)
+        key, tenant = entry
+        # The dict lookup found the entry by hash; compare again in constant time so no path depends on a prefix.
+        if not hmac.compare_digest(key.key_hash, digest):
             raise AuthenticationFailed("invalid API key: check the key you were given")
-        return "demo"
+        now = datetime.now(UTC)
+        if key.revoked_at is not None and key.revoked_at <= now:
+            raise AuthenticationFailed(f"API key {key.prefix}… was revoked")
+        if key.expires_at is not None and key.expires_at <= now:
+            raise AuthenticationFailed(f"API key {key.prefix}… expired at {key.expires_at.isoformat()}")
+        if tenant.status == "suspended":
+            raise PermissionDenied(f"tenant {tenant.external_id!r} is suspended; contact the operator")
+        if tenant.status == "deleted":
+            raise AuthenticationFailed(f"API key {key.prefix}… belongs to a deleted tenant")
+        return Principal(key, tenant)
+
+    async def _load(self, digest: str) -> tuple[ApiKeyInfo, Tenant]:
+        try:
+            found = await self._store.lookup(digest)
+        except (SQLAlchemyError, OSError) as exc:
+            raise UpstreamUnavailable(
+                f"cannot check API keys right now (tenant store: {type(exc).__name__}); retry shortly", retry_after=1
+            ) from None
+        if found is None:
+            if len(self._unknown) >= _MAX_NEGATIVE:
+                self._unknown.clear()
+            self._unknown.add(digest)
+            raise AuthenticationFailed("invalid API key: check the key you were given")
+        if len(self._cache) >= _MAX_CACHED:
+            self._cache.clear()
+        self._cache[digest] = found
+        return found

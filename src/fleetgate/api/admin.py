@@ -1,0 +1,147 @@
+"""The admin HTTP API (`/admin`, its own key): tenants, keys and the fleet, described at /admin/openapi.json."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+
+from fleetgate.api.errors import error_response
+from fleetgate.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound
+from fleetgate.fleet.replicas import ReplicaRegistry
+from fleetgate.tenancy.models import TenantSpec
+from fleetgate.tenancy.store import TenantStore
+from fleetgate.tenancy.views import KeyView, NewKey, TenantView, key_view, tenant_view
+
+
+class KeyCreate(BaseModel):
+    """Body of `POST /admin/tenants/{external_id}/keys`."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, max_length=100)
+    expires_in_days: float | None = Field(None, gt=0)
+
+
+class KeyRotate(BaseModel):
+    """Body of `POST /admin/keys/{key_id}/rotate`."""
+
+    model_config = ConfigDict(extra="forbid")
+    grace_seconds: float = Field(0, ge=0, description="how long the old key keeps working")
+
+
+class TenantUpsert(BaseModel):
+    """Body of `PUT /admin/tenants/{external_id}`: a TenantSpec without the id (it is in the path)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    status: str = "active"
+    priority: str = "standard"
+    weight: int = 1
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrency: int | None = None
+    budget: float | None = None
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    max_tokens_policy: str = "clamp"
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    adapters: list[str] = Field(default_factory=list)
+
+
+def build_admin_app(store: TenantStore, registry: ReplicaRegistry, admin_key: str) -> FastAPI:
+    """The admin API bound to a store; every route needs `Authorization: Bearer <admin key>`."""
+    expected = hashlib.sha256(admin_key.encode()).digest()
+
+    async def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        scheme, _, token = (authorization or "").partition(" ")
+        given = hashlib.sha256(token.strip().encode()).digest()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
+            raise AuthenticationFailed("admin API: send the admin key as `Authorization: Bearer <admin key>`")
+
+    app = FastAPI(
+        title="fleetgate admin API",
+        version="1",
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(require_admin)],
+    )
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc)
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors())
+        return error_response(InvalidRequest(f"invalid request: {problems}"))
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+
+    @app.get("/tenants", response_model=list[TenantView], summary="List tenants")
+    async def list_tenants(include_deleted: bool = False) -> list[TenantView]:
+        return [tenant_view(t) for t in await store.list_tenants(include_deleted)]
+
+    @app.get("/tenants/{external_id}", response_model=TenantView, summary="Show a tenant")
+    async def get_tenant(external_id: str) -> TenantView:
+        return tenant_view(await store.require_tenant(external_id))
+
+    @app.put("/tenants/{external_id}", response_model=TenantView, summary="Create or update a tenant (idempotent)")
+    async def put_tenant(external_id: str, body: TenantUpsert, response: Response) -> TenantView:
+        try:
+            spec = TenantSpec.model_validate({**body.model_dump(), "external_id": external_id})
+        except ValueError as exc:
+            raise InvalidRequest(f"invalid tenant: {exc}") from None
+        tenant, outcome = await store.upsert_tenant(spec)
+        response.status_code = 201 if outcome == "created" else 200
+        response.headers["x-fleetgate-change"] = outcome
+        return tenant_view(tenant)
+
+    @app.delete("/tenants/{external_id}", status_code=204, summary="Delete a tenant (keeps its usage history)")
+    async def delete_tenant(external_id: str) -> None:
+        await store.delete_tenant(external_id)
+
+    @app.post("/tenants/{external_id}/suspend", response_model=TenantView, summary="Suspend a tenant")
+    async def suspend(external_id: str) -> TenantView:
+        return tenant_view(await store.set_status(external_id, "suspended"))
+
+    @app.post("/tenants/{external_id}/resume", response_model=TenantView, summary="Resume a tenant")
+    async def resume(external_id: str) -> TenantView:
+        return tenant_view(await store.set_status(external_id, "active"))
+
+    @app.get("/tenants/{external_id}/keys", response_model=list[KeyView], summary="List a tenant's keys")
+    async def list_keys(external_id: str) -> list[KeyView]:
+        return [key_view(k) for k in await store.list_keys(external_id)]
+
+    @app.post("/tenants/{external_id}/keys", response_model=NewKey, status_code=201, summary="Create a key")
+    async def create_key(external_id: str, body: KeyCreate) -> NewKey:
+        expires = datetime.now(UTC) + timedelta(days=body.expires_in_days) if body.expires_in_days else None
+        key, info = await store.create_key(external_id, name=body.name, expires_at=expires)
+        return NewKey(key=key, **key_view(info).model_dump())
+
+    @app.post("/keys/{key_id}/revoke", response_model=KeyView, summary="Revoke a key now")
+    async def revoke_key(key_id: str) -> KeyView:
+        return key_view(await store.revoke_key(key_id))
+
+    @app.post("/keys/{key_id}/rotate", response_model=NewKey, status_code=201, summary="Rotate a key")
+    async def rotate_key(key_id: str, body: KeyRotate) -> NewKey:
+        key, info = await store.rotate_key(key_id, body.grace_seconds)
+        return NewKey(key=key, **key_view(info).model_dump())
+
+    @app.get("/fleet", summary="Replicas with their health")
+    async def fleet() -> list[dict[str, Any]]:
+        return [r.to_json() for r in registry.all()]
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
+    async def unknown(path: str) -> None:
+        raise NotFound(f"no admin route /admin/{path}")
+
+    return app

@@ -1,0 +1,1 @@
+"""Database access shared by the tenancy store and the ledger: engines, URLs, migrations."""

@@ -1,0 +1,1 @@
+"""Fast limits (requests/min, tokens/min, concurrency, budget) with in-process and Redis back ends."""

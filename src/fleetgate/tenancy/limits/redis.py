@@ -1,0 +1,255 @@
+"""Redis limiter: one Lua script checks and takes every limit atomically, shared by all gateway processes.
+
+Every time-dependent decision uses the Redis server's clock (`TIME`), so gateways whose clocks disagree still
+agree on bucket levels, lease expiry and the budget month. Keys of one tenant share a `{tenant}` hash tag, so a
+Redis Cluster keeps them in one slot and the scripts stay atomic there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+
+from fleetgate.tenancy.limits.base import Denial, LimitName, LimitSpec, Reservation, TenantCounters
+from fleetgate.tenancy.limits.memory import CONCURRENCY_RETRY_AFTER, NEVER_FITS_RETRY_AFTER
+
+DEFAULT_PREFIX = "fleetgate:lim:"
+DEFAULT_LEASE_SECONDS = 15 * 60.0
+SPEND_TTL_SECONDS = 40 * 86400  # outlives the month it counts, then disappears on its own
+_LIMIT_NAMES: dict[str, LimitName] = {"rpm": "rpm", "tpm": "tpm", "concurrency": "concurrency", "budget": "budget"}
+
+# UTC calendar arithmetic (H. Hinnant's civil-from-days), because the script takes the month from server time.
+_LUA_CALENDAR = """
+local floor = math.floor
+local function days_from_civil(y, m)
+  if m <= 2 then y = y - 1 end
+  local era = floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m > 2) and (m - 3) or (m + 9)
+  local doy = floor((153 * mp + 2) / 5)
+  return era * 146097 + yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy - 719468
+end
+local function period_of(now)
+  local z = floor(now / 86400) + 719468
+  local era = floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+  local mp = floor((5 * doy + 2) / 153)
+  local m = (mp < 10) and (mp + 3) or (mp - 9)
+  local y = yoe + era * 400 + ((m <= 2) and 1 or 0)
+  local ny, nm = y, m + 1
+  if m == 12 then ny, nm = y + 1, 1 end
+  return string.format('%04d-%02d', y, m), days_from_civil(ny, nm) * 86400
+end
+"""
+
+# Buckets are hashes {level, ts}; a missing key is a full bucket, so each expires once it would be full again.
+_LUA_BUCKETS = """
+local function fmt(x) return string.format('%.17g', x) end
+local function bucket_level(key, cap, now)
+  local v = redis.call('HMGET', key, 'level', 'ts')
+  local level, ts = tonumber(v[1]), tonumber(v[2])
+  if level == nil or ts == nil then return cap end
+  return math.min(cap, level + math.max(0, now - ts) * cap / 60)
+end
+local function bucket_store(key, cap, level, now)
+  redis.call('HSET', key, 'level', fmt(level), 'ts', fmt(now))
+  local ttl = 1
+  if cap > 0 then ttl = math.ceil((cap - level) * 60 / cap) + 1 end
+  redis.call('EXPIRE', key, math.max(1, ttl))
+end
+"""
+
+# KEYS: rpm, tpm, concurrency zset. ARGV: rpm, tpm, max_conc, budget (-1 = off), tokens, cost, request_id,
+# lease seconds, spend key prefix (same hash tag), spend ttl, never-fits retry, concurrency retry.
+_RESERVE = (
+    _LUA_CALENDAR
+    + _LUA_BUCKETS
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rpm, tpm, conc, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local tokens, cost, lease = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[8])
+local never, conc_retry = tonumber(ARGV[11]), tonumber(ARGV[12])
+local period, period_end = period_of(now)
+local spend_key = ARGV[9] .. period
+local best = nil
+local function deny(limit, retry, value, current)
+  if best == nil or retry > best[2] then best = {limit, retry, value, current} end
+end
+local function check_bucket(limit, cap, level, need)
+  if level >= need then return end
+  if need > cap or cap <= 0 then deny(limit, never, cap, level)
+  else deny(limit, (need - level) * 60 / cap, cap, level) end
+end
+local rpm_level, tpm_level = 0, 0
+if rpm >= 0 then rpm_level = bucket_level(KEYS[1], rpm, now); check_bucket('rpm', rpm, rpm_level, 1) end
+if tpm >= 0 then tpm_level = bucket_level(KEYS[2], tpm, now); check_bucket('tpm', tpm, tpm_level, tokens) end
+-- Leases of crashed gateways end here, so their slots come back without anyone settling them.
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', fmt(now))
+local in_flight = redis.call('ZCARD', KEYS[3])
+if conc >= 0 and in_flight >= conc then deny('concurrency', conc_retry, conc, in_flight) end
+local spend = tonumber(redis.call('GET', spend_key) or '0')
+if budget >= 0 and spend + cost > budget then deny('budget', math.max(0, period_end - now), budget, spend) end
+if best ~= nil then
+  return {0, best[1], fmt(best[2]), best[3], fmt(best[4]), period}
+end
+if rpm >= 0 then bucket_store(KEYS[1], rpm, rpm_level - 1, now) end
+if tpm >= 0 then bucket_store(KEYS[2], tpm, tpm_level - tokens, now) end
+redis.call('ZADD', KEYS[3], fmt(now + lease), ARGV[7])
+local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+redis.call('EXPIRE', KEYS[3], math.ceil(tonumber(last[2]) - now) + 1)
+if cost ~= 0 then redis.call('INCRBY', spend_key, ARGV[6]) end
+redis.call('EXPIRE', spend_key, tonumber(ARGV[10]))
+return {1, period}
+"""
+)
+
+# KEYS: tpm, concurrency zset, spend key of the reservation's period. ARGV: tpm (-1 = off), token delta,
+# cost delta, request_id, spend ttl.
+_SETTLE = (
+    _LUA_BUCKETS
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tpm, dtok, dcost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[4])
+if tpm >= 0 and dtok ~= 0 then
+  bucket_store(KEYS[1], tpm, math.min(tpm, bucket_level(KEYS[1], tpm, now) - dtok), now)
+end
+if dcost ~= 0 then
+  redis.call('INCRBY', KEYS[3], ARGV[3])
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
+end
+return 1
+"""
+)
+
+# KEYS: rpm, tpm, concurrency zset. ARGV: rpm, tpm (-1 = off), spend key prefix.
+_COUNTERS = (
+    _LUA_CALENDAR
+    + _LUA_BUCKETS
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+local period = period_of(now)
+local r, k = '', ''
+if rpm >= 0 then r = fmt(bucket_level(KEYS[1], rpm, now)) end
+if tpm >= 0 then k = fmt(bucket_level(KEYS[2], tpm, now)) end
+local in_flight = redis.call('ZCOUNT', KEYS[3], '(' .. fmt(now), '+inf')
+return {r, k, in_flight, redis.call('GET', ARGV[3] .. period) or '0', period}
+"""
+)
+
+
+def _off(value: int | None) -> int:
+    """Scripts take -1 for an unlimited limit."""
+    return -1 if value is None else value
+
+
+class RedisLimiter:
+    """Limits shared by every gateway process that points at the same Redis."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        connect_timeout: float = 0.25,
+        op_timeout: float = 0.25,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        client: aioredis.Redis | None = None,
+    ) -> None:
+        """Connect lazily to `url` (or use `client`); timeouts are short so a sick Redis cannot stall requests."""
+        # No client-side retries: one timeout is enough to decide, and the failover wrapper handles the outage.
+        self._redis = client or aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=op_timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self.prefix = prefix
+        self._lease = lease_seconds
+        # A hard ceiling on top of the socket timeouts, which do not cover every await inside redis-py.
+        self._deadline = connect_timeout + op_timeout
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._settle = self._redis.register_script(_SETTLE)
+        self._counters = self._redis.register_script(_COUNTERS)
+
+    def _key(self, tenant_id: str, suffix: str) -> str:
+        """A tenant key; the braces are a Redis Cluster hash tag keeping one tenant's keys in one slot."""
+        return f"{self.prefix}{{{tenant_id}}}:{suffix}"
+
+    async def _run(self, script: AsyncScript, keys: list[str], args: list[str | int | float]) -> Any:
+        """Run a registered script within the deadline."""
+        async with asyncio.timeout(self._deadline):
+            return await script(keys=keys, args=args)
+
+    async def reserve(
+        self, tenant_id: str, request_id: str, spec: LimitSpec, tokens: int, cost_micros: int
+    ) -> Reservation | Denial:
+        """Check every limit and take the reservation in one script, or take nothing and name the refusing limit."""
+        keys = [self._key(tenant_id, "rpm"), self._key(tenant_id, "tpm"), self._key(tenant_id, "conc")]
+        args: list[str | int | float] = [
+            _off(spec.rpm),
+            _off(spec.tpm),
+            _off(spec.max_concurrency),
+            _off(spec.budget_micros),
+            tokens,
+            cost_micros,
+            request_id,
+            repr(self._lease),
+            self._key(tenant_id, "spend:"),
+            SPEND_TTL_SECONDS,
+            repr(NEVER_FITS_RETRY_AFTER),
+            repr(CONCURRENCY_RETRY_AFTER),
+        ]
+        out = await self._run(self._reserve, keys, args)
+        if int(out[0]) == 1:
+            return Reservation(tenant_id, request_id, tokens, cost_micros, _text(out[1]))
+        return Denial(_LIMIT_NAMES[_text(out[1])], float(out[2]), int(out[3]), float(out[4]))
+
+    async def settle(self, reservation: Reservation, spec: LimitSpec, tokens: int, cost_micros: int) -> None:
+        """Correct tokens and spend by (actual - reserved) and free the concurrency slot."""
+        tenant = reservation.tenant_id
+        keys = [self._key(tenant, "tpm"), self._key(tenant, "conc"), self._key(tenant, f"spend:{reservation.period}")]
+        args: list[str | int | float] = [
+            _off(spec.tpm),
+            tokens - reservation.tokens,
+            cost_micros - reservation.cost_micros,
+            reservation.request_id,
+            SPEND_TTL_SECONDS,
+        ]
+        await self._run(self._settle, keys, args)
+
+    async def counters(self, tenant_id: str, spec: LimitSpec) -> TenantCounters:
+        """Current counters of one tenant, read in one script at server time."""
+        keys = [self._key(tenant_id, "rpm"), self._key(tenant_id, "tpm"), self._key(tenant_id, "conc")]
+        out = await self._run(self._counters, keys, [_off(spec.rpm), _off(spec.tpm), self._key(tenant_id, "spend:")])
+        requests, tokens = _text(out[0]), _text(out[1])
+        return TenantCounters(
+            requests_available=float(requests) if requests else None,
+            tokens_available=float(tokens) if tokens else None,
+            in_flight=int(out[2]),
+            spend_micros=int(out[3]),
+            period=_text(out[4]),
+        )
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._redis.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    """Script replies arrive as bytes unless the client decodes responses."""
+    return value.decode() if isinstance(value, bytes) else value
