@@ -35,7 +35,17 @@ OFFLINE_ENV = {
     "no_proxy": "127.0.0.1,localhost",
 }
 # Anything that would switch LiteLLM to its database mode or point it elsewhere is removed from its environment.
-_DROP_ENV = ("DATABASE_URL", "DIRECT_URL", "REDIS_HOST", "REDIS_URL", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy")
+_DROP_ENV = (
+    "DATABASE_URL",
+    "DIRECT_URL",
+    "REDIS_HOST",
+    "REDIS_URL",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "PYTHONPATH",  # LiteLLM runs on its own venv only
+)
 
 
 def _run_logged(args: list[str], say: Callable[[str], None], timeout: float) -> tuple[int, str]:

@@ -19,6 +19,7 @@ import shlex
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,12 +31,13 @@ from typing import Any
 
 import aiohttp
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import fake_upstream
 from litellm_target import DEFAULT_VENV, MASTER_KEY, ensure_venv, installed_version, start_litellm
 from loadgen import NON_STREAM_BODY, STREAM_BODY, CellResult, Target, check_completion, check_stream, run_cell
-from procs import Child, StartError, cpu_seconds, free_port, start, wait_ready
+from procs import Child, StartError, cpu_seconds, free_port, machine_busy_seconds, start, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DOCS = REPO / "docs" / "benchmarks.md"
@@ -52,7 +54,8 @@ MIN_RATE_VS_DIRECT = 0.60
 MIN_RATE_VS_LITELLM = 10.0
 MAX_CPU_MS_PER_CHUNK = 0.05
 
-console = Console(highlight=False)
+# Wide enough for the table when the output goes to a file or a pipe, where Rich would assume 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 @dataclass
@@ -141,6 +144,7 @@ def machine_info() -> dict[str, Any]:
             versions[dist] = "-"
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "fleetgate_source": fleetgate_source(),
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_model": model,
         "python": platform.python_version(),
@@ -148,6 +152,25 @@ def machine_info() -> dict[str, Any]:
         "loadavg_start": os.getloadavg(),
         "versions": versions,
     }
+
+
+def fleetgate_source() -> str:
+    """Which fleetgate code the gateway runs: the git commit (and whether src/ differs from it), or the path."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import fleetgate; print(fleetgate.__file__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if probe.returncode != 0:
+        return "fleetgate does not import: " + (probe.stderr.strip().splitlines() or ["?"])[-1]
+    package = Path(probe.stdout.strip()).resolve().parent
+    if not package.is_relative_to(REPO / "src"):
+        return f"fleetgate from {package}"
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True).stdout
+    return f"git {head or '?'}" + (" + uncommitted changes in src/" if dirty.strip() else "")
 
 
 def start_upstream(workdir: Path, burst: bool) -> tuple[Child, int]:
@@ -158,14 +181,17 @@ def start_upstream(workdir: Path, burst: bool) -> tuple[Child, int]:
     if burst:
         args.append("--burst")
     child = start("fake upstream", args, workdir / "upstream.log")
-    deadline = time.monotonic() + 30
-    while not port_file.exists():
-        if not child.alive() or time.monotonic() > deadline:
-            child.stop()
-            raise StartError(f"the fake upstream did not start; log:\n{child.log_tail()}")
-        time.sleep(0.02)
-    port = int(port_file.read_text())
-    wait_ready(child, f"http://127.0.0.1:{port}/health", 30)
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            if not child.alive() or time.monotonic() > deadline:
+                raise StartError(f"the fake upstream did not start; log:\n{child.log_tail()}")
+            time.sleep(0.02)
+        port = int(port_file.read_text())
+        wait_ready(child, f"http://127.0.0.1:{port}/health", 30)
+    except BaseException:
+        child.stop()
+        raise
     return child, port
 
 
@@ -233,7 +259,7 @@ async def measure(run: Run, targets: list[Target], upstream_port: int, probe: Ca
             if t.name != "litellm":
                 raise RuntimeError(f"{t.name} failed its sanity check: {problem}")
             run.litellm_note = f"failed its sanity check: {problem}"
-            console.print(f"[yellow]LiteLLM {run.litellm_note}; reporting n/a for it[/]")
+            console.print(f"[yellow]LiteLLM {escape(run.litellm_note)}; reporting n/a for it[/]")
             await t.close()
             targets.remove(t)
         cells = [(c, stream) for c in s.concurrency for stream in (False, True)]
@@ -266,8 +292,15 @@ def _progress(rnd: int, rounds: int, cell: CellResult) -> None:
     console.print(
         f"  round {rnd + 1}/{rounds} c={cell.concurrency:<3} {'stream' if cell.stream else 'whole '} "
         f"{cell.target:<9} {cell.rps:8.0f} req/s  p50 {summ['p50_ms']:.2f} p99 {summ['p99_ms']:.2f}{ttfb} ms"
-        f"  client CPU {cell.cpu.get('client', 0) / cell.elapsed:.0%}{errors}"
+        f"  client CPU {cell.cpu.get('client', 0) / cell.elapsed:.0%}"
+        f"  other CPU {background_cpu(cell) / cell.elapsed:.0%}{errors}"
     )
+
+
+def background_cpu(cell: CellResult) -> float:
+    """CPU seconds the machine spent on processes other than ours during the cell (noise from other work)."""
+    ours = sum(v for k, v in cell.cpu.items() if "." not in k and k != "machine")
+    return max(0.0, cell.cpu.get("machine", ours) - ours)
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -295,6 +328,10 @@ def aggregate(run: Run) -> dict[tuple[str, int, bool], dict[str, Any]]:
             "cpu_ms_per_req": _median(cpu_req),
             "cpu_ms_per_chunk": _median(cpu_chunk) if key[2] else None,
             "client_cpu_share": _median([c.cpu.get("client", 0.0) / c.elapsed for c in cells]),
+            "server_sys_fraction": _median(
+                [c.cpu[f"{role}.sys"] / c.cpu[role] if c.cpu.get(role) else None for c in cells]
+            ),
+            "other_cpu_share": _median([background_cpu(c) / c.elapsed for c in cells]),
             "engine_cpu_share": _median([c.cpu.get("engine", 0.0) / c.elapsed for c in cells]),
             "requests": sum(c.requests for c in cells),
             "errors": sum(c.errors for c in cells),
@@ -404,9 +441,10 @@ COLUMNS = (
     "p50 ms",
     "p99 ms",
     "TTFB p50 ms",
-    "server CPU ms/req",
-    "server CPU ms/chunk",
+    "CPU ms/req",
+    "CPU ms/chunk",
     "client CPU",
+    "other CPU",
     "errors",
 )
 
@@ -438,6 +476,7 @@ def table_rows(
                         _fmt(row["cpu_ms_per_req"], ".3f"),
                         _fmt(row["cpu_ms_per_chunk"], ".4f"),
                         _fmt(row["client_cpu_share"], ".0%"),
+                        _fmt(row["other_cpu_share"], ".0%"),
                         str(row["errors"]),
                     )
                 )
@@ -467,27 +506,28 @@ def markdown_section(run: Run, agg: dict[tuple[str, int, bool], dict[str, Any]],
         SECTION,
         "",
         f"Measured {m['date']} on {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, "
-        f"fleetgate {m['versions']['fleetgate']}; load average {la0[0]:.2f} / {la0[1]:.2f} / {la0[2]:.2f} at start, "
-        f"{la1[0]:.2f} / {la1[1]:.2f} / {la1[2]:.2f} at end.",
+        f"fleetgate {m['versions']['fleetgate']} ({m['fleetgate_source']}); "
+        f"load average {_loadavg(la0)} at start, {_loadavg(la1)} at end.",
         "",
         f"Command: `{s.command}`",
         "",
         "Setup: a fake OpenAI engine (raw asyncio on uvloop, precomputed answers; a stream is "
         f"{fake_upstream.CONTENT_CHUNKS} content chunks + a finish chunk + a usage chunk when asked + `[DONE]`, "
         + ("all in one write" if s.burst else "one write per event, no delay")
-        + "), reached directly, through `fleetgate up --engine ...`, and through "
+        + "), reached directly, through `fleetgate up --engine ...`"
         + (
-            f"LiteLLM proxy {m.get('litellm_version', '?')} (one process, no database, access log off)"
+            f" and through LiteLLM proxy {m.get('litellm_version', '?')} (one process, no database, access log off)"
             if s.litellm
-            else "no LiteLLM"
+            else ""
         )
         + f". A closed-loop aiohttp client in one process; the targets run back to back in each cell "
         f"({s.warmup:g} s warm-up, {s.duration:g} s measured), {s.rounds} round(s), medians shown. "
         "Client, engine and proxy share the same CPUs, so rates are relative, not absolute capacity. "
         "Latency is to the last byte (end of stream); TTFB is to the first body byte. "
-        "Server CPU is utime+stime from /proc of the proxy process (of the fake engine for `direct`) over the cell, "
+        "CPU is utime+stime from /proc of the proxy's process tree (of the fake engine for `direct`) over the cell, "
         f"divided by requests and by chunks received ({EXPECTED_CHUNKS} per stream). "
-        "Client CPU is the load generator's share of one core.",
+        "Client CPU is the load generator's share of one core; other CPU is what the rest of the machine used "
+        "meanwhile (busy time from /proc/stat minus ours), in cores.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "| " + " | ".join("---" if c in ("target", "mode") else "---:" for c in COLUMNS) + " |",
@@ -499,6 +539,10 @@ def markdown_section(run: Run, agg: dict[tuple[str, int, bool], dict[str, Any]],
     lines += [f"- {v.line(markdown=True)}" for v in checks]
     lines.append("")
     return "\n".join(lines)
+
+
+def _loadavg(values: Sequence[float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
 
 
 def update_docs(path: Path, section: str) -> None:
@@ -560,11 +604,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         litellm_python: Path | None = None
         if settings.litellm:
             try:
-                litellm_python = ensure_venv(settings.litellm_venv, lambda msg: console.log(f"[dim]litellm:[/] {msg}"))
+                litellm_python = ensure_venv(
+                    settings.litellm_venv, lambda msg: console.print(f"litellm: {escape(msg)}")
+                )
                 run.meta["litellm_version"] = installed_version(settings.litellm_venv)
             except (RuntimeError, OSError, TimeoutError) as exc:
                 run.litellm_note = f"could not be installed: {str(exc).strip().splitlines()[0][:200]}"
-                console.print(f"[yellow]LiteLLM {run.litellm_note}[/]")
+                console.print(f"[yellow]LiteLLM {escape(run.litellm_note)}[/]")
         else:
             run.litellm_note = "skipped (--no-litellm or --quick)"
         upstream, upstream_port = start_upstream(workdir, settings.burst)
@@ -572,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gateway, gateway_port = start_gateway(workdir, upstream_port)
         children.append(gateway)
         console.print(
-            f"fake engine pid {upstream.pid} :{upstream_port}, fleetgate pid {gateway.pid} :{gateway_port}", end=""
+            f"fake engine: pid {upstream.pid} on :{upstream_port}; fleetgate: pid {gateway.pid} on :{gateway_port}"
         )
         targets = [
             Target("direct", f"http://127.0.0.1:{upstream_port}", None, "engine"),
@@ -581,27 +627,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         roles = {"engine": upstream.pid, "gateway": gateway.pid}
         if litellm_python is not None:
             port = free_port()
-            console.log("starting LiteLLM proxy (it imports a lot; this takes a while)")
+            console.print("LiteLLM: starting (it imports a lot; this takes a while)")
             try:
                 litellm = start_litellm(litellm_python, workdir, upstream_port, port)
             except StartError as exc:
                 run.litellm_note = f"could not be started: {str(exc).splitlines()[0][:200]}"
-                console.print(f"\n[yellow]LiteLLM {run.litellm_note}[/]")
+                console.print(f"[yellow]LiteLLM {escape(run.litellm_note)}[/]")
             else:
                 children.append(litellm)
                 targets.append(Target("litellm", f"http://127.0.0.1:{port}", MASTER_KEY, "litellm"))
                 roles["litellm"] = litellm.pid
-                console.print(f", LiteLLM pid {litellm.pid} :{port}", end="")
-        console.print()
+                console.print(f"LiteLLM {run.meta.get('litellm_version', '?')}: pid {litellm.pid} on :{port}")
 
         def probe() -> dict[str, float]:
             usage = resource.getrusage(resource.RUSAGE_SELF)
-            return {**cpu_seconds(roles), "client": usage.ru_utime + usage.ru_stime}
+            return {
+                **cpu_seconds(roles),
+                "client": usage.ru_utime + usage.ru_stime,
+                "client.sys": usage.ru_stime,
+                "machine": machine_busy_seconds(),
+            }
 
         run_async(measure(run, targets, upstream_port, probe))
         failed = False
     except (StartError, RuntimeError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         return 1
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; stopping everything[/]")

@@ -132,13 +132,9 @@ def _stat(pid: int) -> list[str] | None:
     return raw[raw.rindex(")") + 2 :].split()
 
 
-def _cpu_ticks(fields: list[str]) -> int:
-    # Fields 14 and 15 of proc_pid_stat(5), utime and stime; fields[0] here is field 3.
-    return int(fields[11]) + int(fields[12])
-
-
 def cpu_seconds(roots: Mapping[str, int]) -> dict[str, float]:
-    """User plus system CPU seconds used so far by each named process tree (the root and its live descendants)."""
+    """CPU seconds used so far by each named process tree (root and live descendants): `role` user+system, and
+    `role.sys` system only."""
     stats: dict[int, list[str]] = {}
     children: dict[int, list[int]] = {}
     # One pass over /proc for all trees: cheap enough to run right before and after each measured cell.
@@ -150,7 +146,7 @@ def cpu_seconds(roots: Mapping[str, int]) -> dict[str, float]:
                 children.setdefault(int(fields[1]), []).append(int(entry.name))
     out: dict[str, float] = {}
     for role, root in roots.items():
-        ticks = 0
+        user = system = 0
         seen: set[int] = set()
         todo = [root]
         while todo:
@@ -158,7 +154,17 @@ def cpu_seconds(roots: Mapping[str, int]) -> dict[str, float]:
             if pid in seen or pid not in stats:
                 continue
             seen.add(pid)
-            ticks += _cpu_ticks(stats[pid])
+            # Fields 14 and 15 of proc_pid_stat(5), utime and stime; index 0 here is field 3.
+            user += int(stats[pid][11])
+            system += int(stats[pid][12])
             todo.extend(children.get(pid, []))
-        out[role] = ticks / CLK_TCK
+        out[role] = (user + system) / CLK_TCK
+        out[f"{role}.sys"] = system / CLK_TCK
     return out
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy since boot (everything but idle and iowait), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -185,13 +186,16 @@ async def test_budget_429_names_the_budget(gw: RunningGateway, http: aiohttp.Cli
     # smollm2 costs 0.10 / 0.20 per 1M tokens by default; a budget of a millionth is gone after one request.
     key = await _tenant(http, gw, "acme", budget=0.000001)
     await _chat(gw, key, max_tokens=4)
-    with pytest.raises(openai.RateLimitError, match="monthly budget of 0.00 USD for tenant 'acme' is exhausted"):
+    with pytest.raises(
+        openai.RateLimitError, match=re.escape("monthly budget of 0.00 USD for tenant 'acme' is exhausted")
+    ):
         await _chat(gw, key, max_tokens=4)
 
 
 @pytest.mark.parametrize("path", ["error500", "client_abort", "timeout"])
 async def test_slots_are_released_on_every_path(http: aiohttp.ClientSession, path: str) -> None:
-    engine = FakeEngine(model="smollm2", mode={"error500": "error500", "client_abort": "slow", "timeout": "hang"}[path])
+    mode = {"error500": "error500", "client_abort": "slow", "timeout": "hang"}[path]
+    engine = FakeEngine(model="smollm2", mode=mode)
     engine.chunks = 30
     await engine.start()
     try:
