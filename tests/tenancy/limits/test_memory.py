@@ -12,9 +12,17 @@ from fleetgate.tenancy.limits.memory import MemoryLimiter, period_of
 from tests.tenancy.limits.conftest import FakeClock, resolve
 
 
-def at(*fields: int) -> float:
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
     """Epoch seconds of a UTC date-time."""
-    return datetime(*fields, tzinfo=UTC).timestamp()  # type: ignore[misc]
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
+
+
+def assert_denial(result: object, limit: str, retry_after: float, limit_value: int, current: float) -> None:
+    """`result` is a Denial with these values (floats compared approximately)."""
+    assert isinstance(result, Denial), result
+    assert (result.limit, result.limit_value) == (limit, limit_value)
+    assert result.retry_after == pytest.approx(retry_after)
+    assert result.current == pytest.approx(current)
 
 
 @pytest.fixture
@@ -41,8 +49,7 @@ def test_rpm_retry_after_is_exact_and_the_request_passes_then(lim: MemoryLimiter
     for i in range(6):
         assert isinstance(reserve(lim, spec, f"r{i}"), Reservation)
     clock.advance(4)
-    denial = reserve(lim, spec, "late")
-    assert denial == Denial("rpm", pytest.approx(6.0), 6, pytest.approx(0.4))
+    assert_denial(reserve(lim, spec, "late"), "rpm", 6.0, 6, 0.4)
     clock.advance(5.99)
     assert isinstance(reserve(lim, spec, "still-early"), Denial)
     clock.advance(0.02)
@@ -52,8 +59,7 @@ def test_rpm_retry_after_is_exact_and_the_request_passes_then(lim: MemoryLimiter
 def test_tpm_retry_after_is_exact(lim: MemoryLimiter, clock: FakeClock) -> None:
     spec = LimitSpec(tpm=120)  # 2 tokens/s
     assert isinstance(reserve(lim, spec, "a", tokens=100), Reservation)
-    denial = reserve(lim, spec, "b", tokens=50)
-    assert denial == Denial("tpm", pytest.approx(15.0), 120, pytest.approx(20.0))
+    assert_denial(reserve(lim, spec, "b", tokens=50), "tpm", 15.0, 120, 20.0)
     clock.advance(15)
     assert isinstance(reserve(lim, spec, "b", tokens=50), Reservation)
 
@@ -83,8 +89,7 @@ def test_budget_resets_at_the_month_boundary(lim: MemoryLimiter, wall: FakeClock
     wall.now = at(2026, 12, 31, 23, 59, 50)
     held = reserve(lim, spec, "a", cost=1000)
     assert isinstance(held, Reservation) and held.period == "2026-12"
-    denial = reserve(lim, spec, "b", cost=1)
-    assert denial == Denial("budget", pytest.approx(10.0), 1000, 1000)
+    assert_denial(reserve(lim, spec, "b", cost=1), "budget", 10.0, 1000, 1000)
     wall.now = at(2027, 1, 1)
     fresh = reserve(lim, spec, "b", cost=1000)
     assert isinstance(fresh, Reservation) and fresh.period == "2027-01"

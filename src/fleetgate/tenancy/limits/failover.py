@@ -23,7 +23,11 @@ BACKEND_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError
 
 
 class FailoverLimiter:
-    """A primary limiter with an in-process fallback (fail_open) or a clean 503 (fail_closed) during outages."""
+    """A primary limiter with an in-process fallback (fail_open) or a clean 503 (fail_closed) during outages.
+
+    fail_open trades precision for availability: while Redis is down each gateway enforces the limits alone, so
+    N gateways admit up to N x a tenant's limits.
+    """
 
     def __init__(
         self,

@@ -169,14 +169,13 @@ class RedisLimiter:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         client: aioredis.Redis | None = None,
     ) -> None:
-        """Connect lazily to `url` (or use `client`); timeouts are short so a sick Redis cannot stall requests."""
+        """Connect lazily to `url` (or own `client`); timeouts are short so a sick Redis cannot stall requests."""
         # No client-side retries: one timeout is enough to decide, and the failover wrapper handles the outage.
         self._redis = client or aioredis.Redis.from_url(
             url,
             socket_connect_timeout=connect_timeout,
             socket_timeout=op_timeout,
             retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
         )
         self.prefix = prefix
         self._lease = lease_seconds
