@@ -120,6 +120,43 @@ class PricesConfig(_Strict):
         return self.models.get(model, self.default)
 
 
+class NatsSinkConfig(_Strict):
+    """Optional NATS JetStream sink for usage events (de-duplicated by `Nats-Msg-Id = event_id`)."""
+
+    url: str = "nats://127.0.0.1:4222"
+    stream: str = "FLEETGATE_USAGE"
+    subject: str = "fleetgate.usage"
+    duplicate_window: float = Field(3600.0, gt=0, description="seconds JetStream remembers message ids")
+
+
+class MeteringConfig(_Strict):
+    """The money path: outbox, flusher, ledger and sinks."""
+
+    outbox_dir: Path | None = Field(None, description="default: <state dir>/outbox")
+    ledger_url: str | None = Field(None, description="default: database.url")
+    flush_interval: float = Field(0.2, gt=0, description="seconds between flusher passes")
+    batch_size: int = Field(500, ge=1, le=10_000)
+    segment_bytes: int = Field(16 * 1024 * 1024, ge=4096, description="outbox segment size before rotation")
+    fsync_interval: float = Field(0.1, ge=0, description="seconds between outbox fsyncs (power-loss bound)")
+    tokenize_after: float = Field(
+        0.5, ge=0, description="seconds a request runs before the engine is asked to count its prompt"
+    )
+    nats: NatsSinkConfig | None = None
+
+
+class IOLogConfig(_Strict):
+    """The request/response log: per-tenant opt-in, its own store, redaction before storage, retention."""
+
+    url: str = Field(default_factory=lambda: f"sqlite:///{default_state_dir() / 'iolog.db'}")
+    redact_emails: bool = True
+    redact_phones: bool = True
+    redact_api_keys: bool = True
+    patterns: list[str] = Field(default_factory=list, description="more regexes whose matches are redacted")
+    default_retention_days: float = Field(30.0, gt=0)
+    sweep_interval: float = Field(3600.0, gt=0, description="seconds between retention sweeps")
+    max_body_bytes: int = Field(65536, ge=1024, description="longer bodies are truncated before storage")
+
+
 class Config(_Strict):
     """The whole fleetgate configuration."""
 
@@ -130,6 +167,8 @@ class Config(_Strict):
     limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
     tenancy: TenancyConfig = Field(default_factory=lambda: TenancyConfig())
     prices: PricesConfig = Field(default_factory=lambda: PricesConfig())
+    metering: MeteringConfig = Field(default_factory=lambda: MeteringConfig())
+    iolog: IOLogConfig = Field(default_factory=lambda: IOLogConfig())
     run_dir: Path | None = None
 
 
