@@ -25,6 +25,7 @@ class FakeEngine:
     model: str = "fake"
     mode: str = "ok"  # ok | error500 | error400 | hang | break | slow | no_done | drop_first
     chunks: int = 4
+    chunks_from_max_tokens: bool = False  # stream exactly max_tokens chunks (length varies per request)
     delay: float = 0.0
     bodies: list[dict[str, Any]] = field(default_factory=list)
     cancelled: int = 0
@@ -101,8 +102,9 @@ class FakeEngine:
             )
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
+        chunks = int(body.get("max_tokens") or self.chunks) if self.chunks_from_max_tokens else self.chunks
         try:
-            for i in range(self.chunks):
+            for i in range(chunks):
                 if self.mode == "break" and i == 2:
                     assert request.transport is not None
                     request.transport.close()
@@ -122,7 +124,7 @@ class FakeEngine:
             }
             await resp.write(b"data: " + json.dumps(final).encode() + b"\n\n")
             if (body.get("stream_options") or {}).get("include_usage"):
-                usage = {"id": "c", "object": "chat.completion.chunk", "choices": [], "usage": self._usage(self.chunks)}
+                usage = {"id": "c", "object": "chat.completion.chunk", "choices": [], "usage": self._usage(chunks)}
                 await resp.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
             if self.mode != "no_done":
                 await resp.write(b"data: [DONE]\n\n")

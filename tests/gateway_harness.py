@@ -53,6 +53,7 @@ async def running_gateway(
             "engines": [EngineEndpoint(url=u, id=f"engine-{i}").model_dump() for i, u in enumerate(engine_urls)],
             "database": {"url": f"sqlite:///{db_dir}/fleetgate.db"},
             "tenancy": {"poll_interval": 0.1},
+            "metering": {"outbox_dir": f"{db_dir}/outbox", "flush_interval": 0.05, "fsync_interval": 0},
             **(sections or {}),
         }
     )

@@ -23,6 +23,12 @@ from fleetgate.errors import ApiError
 from fleetgate.fleet.client import EngineClient
 from fleetgate.fleet.health import HealthChecker
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
+from fleetgate.metering.capture import UsageCapture
+from fleetgate.metering.events import Sink
+from fleetgate.metering.flusher import Flusher
+from fleetgate.metering.ledger import SqlLedger
+from fleetgate.metering.outbox import Outbox
+from fleetgate.paths import default_state_dir
 from fleetgate.routing.plugins import make_router
 from fleetgate.tenancy.auth import TenantAuthenticator
 from fleetgate.tenancy.gate import TenantGate
@@ -42,6 +48,11 @@ class Gateway:
     health: HealthChecker
     store: TenantStore
     gate: TenantGate
+    outbox: Outbox
+    capture: UsageCapture
+    flusher: Flusher
+    ledger: SqlLedger
+    sinks: list[Sink]
 
 
 def remote_replicas(engines: list[EngineEndpoint]) -> list[Replica]:
@@ -65,9 +76,20 @@ def build_gateway(config: Config, registry: ReplicaRegistry) -> Gateway:
     auth = TenantAuthenticator(store, config.tenancy.poll_interval)
     limiter = make_limiter(config.limits.backend, config.limits.redis_url, config.limits.on_redis_error)
     gate = TenantGate(auth, limiter, config.prices)
-    proxy = Proxy(config.gateway, registry, make_router(config.gateway.router), client, gate)
+    metering = config.metering
+    outbox = Outbox(metering.outbox_dir or default_state_dir() / "outbox", metering.segment_bytes, metering.fsync_interval)
+    capture = UsageCapture(outbox, client, metering.tokenize_after)
+    ledger_engine = store.engine if metering.ledger_url in (None, config.database.url) else make_engine(metering.ledger_url)
+    ledger = SqlLedger(ledger_engine)
+    sinks: list[Sink] = []
+    if metering.nats is not None:
+        from fleetgate.metering.sinks.nats import NatsSink  # optional dependency: only when configured
+
+        sinks.append(NatsSink(metering.nats))
+    flusher = Flusher(outbox, ledger, sinks, metering.flush_interval, metering.batch_size)
+    proxy = Proxy(config.gateway, registry, make_router(config.gateway.router), client, gate, capture)
     health = HealthChecker(registry, client, config.gateway.health_interval, timeout=2.0)
-    return Gateway(config, registry, client, proxy, health, store, gate)
+    return Gateway(config, registry, client, proxy, health, store, gate, outbox, capture, flusher, ledger, sinks)
 
 
 async def seed_demo_tenant(config: Config, store: TenantStore) -> None:
@@ -89,18 +111,31 @@ def build_app(gateway: Gateway) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await migrate(gateway.store.engine)
+        if gateway.ledger.engine is not gateway.store.engine:
+            await migrate(gateway.ledger.engine)
         await seed_demo_tenant(gateway.config, gateway.store)
         await gateway.gate.auth.start()
         await gateway.client.start()
+        gateway.outbox.open()
+        gateway.outbox.start_fsync()
+        gateway.capture.start()
+        gateway.flusher.start()
         await gateway.health.check_all()
         gateway.health.start()
         try:
             yield
         finally:
             await gateway.health.stop()
+            await gateway.capture.stop()  # pending finish records (prompt counts of aborted requests)
+            await gateway.flusher.stop()  # one last delivery to the ledger, bounded
+            gateway.outbox.close()
             await gateway.client.close()
             await gateway.gate.auth.stop()
             await gateway.gate.limiter.close()
+            for sink in gateway.sinks:
+                await sink.close()
+            if gateway.ledger.engine is not gateway.store.engine:
+                await gateway.ledger.engine.dispose()
             await gateway.store.close()
 
     async def healthz(request: Request) -> JSONResponse:

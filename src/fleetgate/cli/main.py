@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fleetgate.cli import apply, engine, keys, stack, tenants
+from fleetgate.cli import apply, engine, keys, stack, tenants, usage
 
 app = typer.Typer(
     name="fleetgate",
@@ -17,6 +17,7 @@ apply.register(app)
 app.add_typer(engine.app, name="engine")
 app.add_typer(tenants.app, name="tenants")
 app.add_typer(keys.app, name="keys")
+app.add_typer(usage.app, name="usage")
 
 
 def main() -> None:

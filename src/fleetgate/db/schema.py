@@ -5,9 +5,13 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
+    Date,
     DateTime,
+    Double,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -58,4 +62,70 @@ tenancy_revision = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("revision", BigInteger, nullable=False),
+)
+
+# --- metering: the ledger (0002_ledger) ---
+
+# One immutable row per request; event_id (UUIDv7) is the idempotency key. Never holds prompt text.
+usage_events = Table(
+    "usage_events",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("adapter", String(200)),
+    Column("replica_id", String(200)),
+    Column("engine", String(32)),
+    Column("gpu_type", String(64)),
+    Column("started_at", Double, nullable=False),  # Unix seconds, as in UsageEvent
+    Column("first_token_at", Double),
+    Column("ended_at", Double, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("cached_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("usage_source", String(16), nullable=False),
+    Column("stream", Boolean, nullable=False),
+    Column("endpoint", String(32), nullable=False),
+    Column("http_status", Integer, nullable=False),
+    Index("ix_usage_events_tenant_started", "tenant_id", "started_at"),
+    Index("ix_usage_events_replica_started", "replica_id", "started_at"),
+)
+
+# Daily roll-ups, updated in the insert's transaction for new events only, so reports never scan raw events.
+# adapter and gpu_type use '' for none: they are part of the primary key.
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("tenant_id", String(64), primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("adapter", String(200), primary_key=True),
+    Column("gpu_type", String(64), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("cached_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("busy_seconds", Double, nullable=False),  # sum of ended_at - started_at, for per-hour GPU cost
+    Column("ok", BigInteger, nullable=False),
+    Column("aborts", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("timeouts", BigInteger, nullable=False),
+    Column("rejected", BigInteger, nullable=False),
+    Column("lost", BigInteger, nullable=False),
+)
+
+# Versioned price books: a version is never edited; setting prices inserts a new one. Money in micro-units.
+price_books = Table(
+    "price_books",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("currency", String(16), nullable=False),
+    Column("prices", JSON, nullable=False),
+    Column("tenant_overrides", JSON, nullable=False),
+    Column("gpu_costs", JSON, nullable=False),
+    Column("note", String(500)),
+    sqlite_autoincrement=True,  # never reuse a version number
 )

@@ -20,7 +20,7 @@ class SSERelay:
     ask for it, the usage-only event (`choices: []`) is dropped so the client sees what the engine would have sent.
     """
 
-    __slots__ = ("_buf", "_delim", "_drop_usage_event", "done", "events", "usage")
+    __slots__ = ("_buf", "_delim", "_drop_usage_event", "content_events", "done", "events", "usage")
 
     def __init__(self, drop_usage_event: bool) -> None:
         self._buf = b""
@@ -28,6 +28,7 @@ class SSERelay:
         self._drop_usage_event = drop_usage_event
         self.usage: dict[str, Any] | None = None
         self.events = 0
+        self.content_events = 0  # chunks that carried generated text: the partial count if usage never comes
         self.done = False
 
     def feed(self, data: bytes) -> bytes:
@@ -45,6 +46,7 @@ class SSERelay:
         cut += len(self._delim)
         complete, self._buf = buf[:cut], buf[cut:]
         self.events += complete.count(self._delim)
+        self.content_events += _content_count(complete)
         if b"[DONE]" in complete:
             self.done = True
         if _has_usage(complete):
@@ -73,6 +75,11 @@ class SSERelay:
         if not dropped:
             return complete
         return b"".join(event + self._delim for event in kept)
+
+
+def _content_count(data: bytes) -> int:
+    # Engines stream about one token per chunk; counting non-empty content/text fields needs no JSON parsing.
+    return data.count(b'"content":"') - data.count(b'"content":""') + data.count(b'"text":"') - data.count(b'"text":""')
 
 
 def _data_of(event: bytes) -> dict[str, Any] | None:

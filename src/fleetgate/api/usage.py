@@ -1,0 +1,136 @@
+"""Usage over HTTP: `GET /v1/usage` (the calling tenant's own, without operator cost) and `GET /admin/usage`.
+
+Both read the daily roll-ups (never raw events) and rate them like `fleetgate usage report`. Days are UTC dates,
+`since` and `until` both inclusive; the default is the current month to date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Query
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from fleetgate.api.errors import error_response
+from fleetgate.errors import ApiError, InvalidRequest, NotFound, UpstreamUnavailable
+from fleetgate.metering.ledger import MAX_PAGE, SqlLedger
+from fleetgate.metering.rating import Rating
+from fleetgate.metering.report import UsageReport, usage_report
+from fleetgate.tenancy.auth import Principal
+
+Authenticate = Callable[[bytes | None], Awaitable[Principal]]
+MAX_DAYS = 400  # a bound on one answer; roll-ups make even this cheap
+
+
+def window(since: date | None, until: date | None) -> tuple[date, date]:
+    """The report period: defaults to this month to date; 400 days at most."""
+    today = datetime.now(UTC).date()
+    start = since or (until or today).replace(day=1)
+    end = until or today
+    if start > end:
+        raise InvalidRequest(f"since ({start}) is after until ({end})", param="since")
+    if (end - start).days >= MAX_DAYS:
+        raise InvalidRequest(f"at most {MAX_DAYS} days per request: narrow since/until", param="since")
+    return start, end
+
+
+def _day(request: Request, name: str) -> date | None:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest(f"{name}: expected a date like 2026-11-01, got {value!r}", param=name) from None
+
+
+def _unavailable(exc: Exception) -> UpstreamUnavailable:
+    return UpstreamUnavailable(f"usage ledger unavailable ({type(exc).__name__}); retry shortly", retry_after=5)
+
+
+def usage_routes(ledger: SqlLedger, rating: Rating, authenticate: Authenticate) -> list[Route]:
+    """`GET /v1/usage?since=&until=`: the caller's own usage and charges, found by its API key."""
+
+    async def own_usage(request: Request) -> Response:
+        try:
+            header = request.headers.get("authorization")
+            principal = await authenticate(header.encode("latin-1") if header else None)
+            since, until = window(_day(request, "since"), _day(request, "until"))
+            tenant = principal.tenant
+            try:
+                # The tenant filter comes from the key, never from the query: one tenant cannot ask for another.
+                report = await usage_report(
+                    ledger, rating, since=since, until=until, tenant_id=tenant.id, names={tenant.id: tenant.external_id}
+                )
+            except (SQLAlchemyError, OSError) as exc:
+                raise _unavailable(exc) from None
+        except ApiError as exc:
+            return error_response(exc, request.headers.get("x-request-id"))
+        body = {"object": "usage.report", "tenant": tenant.external_id, **report.tenant_view()}
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    return [Route("/v1/usage", own_usage, methods=["GET"])]
+
+
+def admin_usage_router(ledger: SqlLedger, rating: Rating) -> APIRouter:
+    """`GET /usage` (every tenant, with cost and margin) and `GET /usage/events` for the admin app."""
+    router = APIRouter(tags=["usage"])
+
+    @router.get("/usage", response_model=UsageReport, summary="Usage per tenant, model and day, rated")
+    async def admin_usage(
+        since: date | None = Query(None, description="first UTC day (default: first of this month)"),
+        until: date | None = Query(None, description="last UTC day, inclusive (default: today)"),
+        tenant: str | None = Query(None, description="only this tenant (external id)"),
+        price_book: int | None = Query(None, description="re-rate the period with this price book version"),
+    ) -> UsageReport:
+        start, end = window(since, until)
+        try:
+            tenant_id = await rating.tenant_id(tenant) if tenant else None
+            return await usage_report(ledger, rating, since=start, until=end, tenant_id=tenant_id, version=price_book)
+        except (SQLAlchemyError, OSError) as exc:
+            raise _unavailable(exc) from None
+
+    @router.get("/usage/events", summary="Raw usage events, oldest first, one page at a time")
+    async def admin_events(
+        tenant: str | None = Query(None, description="only this tenant (external id)"),
+        since: datetime | None = Query(None, description="events started at or after (ISO time)"),
+        until: datetime | None = Query(None, description="events started before (ISO time)"),
+        limit: int = Query(100, ge=1, le=MAX_PAGE),
+        after: str | None = Query(None, description="next_cursor of the previous page"),
+    ) -> dict[str, Any]:
+        try:
+            tenant_id = await rating.tenant_id(tenant) if tenant else None
+            page = await ledger.events(
+                tenant_id=tenant_id,
+                since=_ts(since),
+                until=_ts(until),
+                limit=limit,
+                after=after,
+            )
+        except (SQLAlchemyError, OSError) as exc:
+            raise _unavailable(exc) from None
+        return {"data": [e.to_dict() for e in page.events], "next_cursor": page.next_cursor}
+
+    @router.get("/usage/events/{event_id}", summary="One usage event")
+    async def admin_event(event_id: str) -> dict[str, Any]:
+        try:
+            event = await ledger.get(event_id)
+        except (SQLAlchemyError, OSError) as exc:
+            raise _unavailable(exc) from None
+        if event is None:
+            raise NotFound(f"no usage event {event_id!r}")
+        return event.to_dict()
+
+    return router
+
+
+def _ts(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()

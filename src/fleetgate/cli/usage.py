@@ -1,0 +1,373 @@
+"""`fleetgate usage ...`: rated usage reports, versioned price books, and reconcile with the engines' counters.
+
+`fleetgate usage` alone (or `usage report`) prints usage per tenant, model and UTC day with its charge, cost and
+margin. `usage prices set -f prices.yaml` stores a new price book version from a YAML file shaped like this
+(see prices.example.yaml; amounts in currency units, prices per 1M tokens, at most 6 decimals):
+
+    currency: USD                  # 3-8 capital letters
+    note: November list prices     # optional
+    prices:                        # by model; "base:adapter" for a LoRA adapter, "*" for any other model
+      smollm2: {input: 0.10, cached_input: 0.05, output: 0.20}   # cached_input defaults to input
+    tenant_overrides:              # by tenant external id, then model: these win over `prices`
+      acme: {smollm2: {input: 0.08, cached_input: 0.04, output: 0.16}}
+    gpu_costs:                     # the operator's cost, for margin: per_hour (busy time) or per_1m_tokens
+      cpu: {per_hour: 0.05}
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
+
+from fleetgate.cli.common import (
+    ConfigOption,
+    JsonOption,
+    console,
+    err_console,
+    fail,
+    load,
+    print_json,
+    run_async,
+    run_dir_for,
+)
+from fleetgate.config import Config
+from fleetgate.errors import FleetgateError
+from fleetgate.fleet.local.rundir import ProcRecord
+from fleetgate.metering.ledger import SqlLedger
+from fleetgate.metering.rating import PriceBook, PriceBookSpec, Rating, names_from_store
+from fleetgate.metering.reconcile import KINDS, Drift, ReplicaTarget, reconcile
+from fleetgate.metering.report import UsageReport, UsageTotals, usage_report
+from fleetgate.tenancy.store import TenantStore
+
+T = TypeVar("T")
+
+app = typer.Typer(help="Usage, charges and margin from the ledger; price books; reconcile with engines.")
+prices_app = typer.Typer(help="Versioned price books (a version is never edited).", no_args_is_help=True)
+app.add_typer(prices_app, name="prices")
+
+# Money as decimal text and exact micro-units, then the version each line was rated with.
+CSV_COLUMNS = ("day", "tenant", "model", *UsageTotals.model_fields, "charge", "cost", "margin", "price_book_version")
+
+
+@dataclass
+class UsageContext:
+    """What a usage command works with: the config, the ledger, rating and the tenant store."""
+
+    config: Config
+    ledger: SqlLedger
+    rating: Rating
+    store: TenantStore
+
+
+def with_usage(
+    config_path: Path | None, action: Callable[[UsageContext], Awaitable[T]], policy: str = "per_token"
+) -> T:
+    """Open the ledger (`metering.ledger_url`, else `database.url`, migrated) and tenant store; run `action`."""
+    config = load(config_path)
+    url = config.metering.ledger_url or config.database.url
+
+    async def run() -> T:
+        ledger = await SqlLedger.open(url)
+        shared = url == config.database.url
+        try:
+            store = TenantStore(ledger.engine) if shared else await TenantStore.open(config.database.url)
+            try:
+                rating = Rating(ledger.engine, policy=policy, tenant_names=names_from_store(store))
+                return await action(UsageContext(config, ledger, rating, store))
+            finally:
+                if not shared:
+                    await store.close()
+        finally:
+            await ledger.close()
+
+    try:
+        return run_async(run())
+    except FleetgateError as exc:
+        fail(str(exc))
+    except (SQLAlchemyError, OSError) as exc:
+        fail(f"ledger {url.split('@')[-1]}: {exc}")
+
+
+def _day(value: str | None, name: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        fail(f"{name}: expected a date like 2026-11-01, got {value!r}")
+
+
+def _print_report(report: UsageReport, as_json: bool, as_csv: bool) -> None:
+    if as_json:
+        print_json(report.model_dump(mode="json"))
+        return
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow([*CSV_COLUMNS, "currency"])
+        for line in report.lines:
+            data = line.model_dump(mode="json")
+            writer.writerow([*("" if data[c] is None else data[c] for c in CSV_COLUMNS), report.currency or ""])
+        return
+    cur = report.currency or "-"
+    table = Table("day", "tenant", "model", "requests", "fresh", "cached", "output", f"charge {cur}", "cost", "margin")
+    for x in report.lines:
+        money = (
+            (x.charge, x.cost, x.margin) if not x.unpriced_requests else (f"{x.charge} (unpriced)", x.cost, x.margin)
+        )
+        table.add_row(
+            x.day.isoformat(),
+            x.tenant,
+            x.model,
+            str(x.requests),
+            str(x.fresh_tokens),
+            str(x.cached_tokens),
+            str(x.output_tokens),
+            *money,
+        )
+    t = report.totals
+    table.add_row(
+        "total",
+        "",
+        "",
+        str(t.requests),
+        str(t.fresh_tokens),
+        str(t.cached_tokens),
+        str(t.output_tokens),
+        t.charge,
+        t.cost,
+        t.margin,
+        style="bold",
+    )
+    period = f"{report.since or 'start'} .. {report.until or 'today'}"
+    rated = f"price book v{report.price_book_version}" if report.price_book_version else "price book in effect per day"
+    table.caption = f"{period}, {rated}, policy {report.policy}"
+    console.print(table)
+    if t.unpriced_requests:
+        err_console.print(
+            f"[yellow]{t.unpriced_requests} requests had no price[/]: add them to a price book "
+            "(`fleetgate usage prices set -f prices.yaml`)"
+        )
+
+
+def _report(
+    since: str | None,
+    until: str | None,
+    tenant: str | None,
+    price_book: int | None,
+    policy: str,
+    as_json: bool,
+    as_csv: bool,
+    config_path: Path | None,
+) -> None:
+    today = datetime.now(UTC).date()
+    start = _day(since, "--since") or today.replace(day=1)
+    end = _day(until, "--until") or today
+
+    async def run(ctx: UsageContext) -> UsageReport:
+        tenant_id = await ctx.rating.tenant_id(tenant) if tenant else None
+        return await usage_report(
+            ctx.ledger, ctx.rating, since=start, until=end, tenant_id=tenant_id, version=price_book
+        )
+
+    _print_report(with_usage(config_path, run, policy), as_json, as_csv)
+
+
+SinceOpt = typer.Option(None, "--since", help="first UTC day (YYYY-MM-DD; default: first of this month)")
+UntilOpt = typer.Option(None, "--until", help="last UTC day, inclusive (default: today)")
+TenantOpt = typer.Option(None, "--tenant", help="only this tenant (external id)")
+BookOpt = typer.Option(None, "--price-book", help="re-rate the whole period with this price book version")
+PolicyOpt = typer.Option("per_token", "--policy", help="rating policy (per_token | no_cache_discount)")
+CsvOpt = typer.Option(False, "--csv", help="CSV on stdout")
+
+
+@app.callback(invoke_without_command=True)
+def usage(
+    ctx: typer.Context,
+    since: str | None = SinceOpt,
+    until: str | None = UntilOpt,
+    tenant: str | None = TenantOpt,
+    price_book: int | None = BookOpt,
+    policy: str = PolicyOpt,
+    as_json: bool = JsonOption,
+    as_csv: bool = CsvOpt,
+    config_path: Path | None = ConfigOption,
+) -> None:
+    """Usage per tenant, model and day with charge, cost and margin (same as `usage report`)."""
+    if ctx.invoked_subcommand is None:
+        _report(since, until, tenant, price_book, policy, as_json, as_csv, config_path)
+
+
+@app.command()
+def report(
+    since: str | None = SinceOpt,
+    until: str | None = UntilOpt,
+    tenant: str | None = TenantOpt,
+    price_book: int | None = BookOpt,
+    policy: str = PolicyOpt,
+    as_json: bool = JsonOption,
+    as_csv: bool = CsvOpt,
+    config_path: Path | None = ConfigOption,
+) -> None:
+    """Usage per tenant, model and day with charge, cost and margin."""
+    _report(since, until, tenant, price_book, policy, as_json, as_csv, config_path)
+
+
+def _load_spec(path: Path, note: str | None) -> PriceBookSpec:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        fail(f"cannot read {path}: {exc}")
+    if not isinstance(data, dict):
+        fail(f"{path} must hold a mapping (currency, prices, tenant_overrides, gpu_costs, note)")
+    if note is not None:
+        data["note"] = note
+    try:
+        return PriceBookSpec.model_validate(data)
+    except ValidationError as exc:
+        fail("invalid price book: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+
+
+@prices_app.command("set")
+def set_prices(
+    file: Path = typer.Option(..., "--file", "-f", help="price book YAML (see prices.example.yaml)"),
+    note: str | None = typer.Option(None, "--note", help="why the prices changed (overrides the file's note)"),
+    config_path: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Store a new price book version from a YAML file (earlier versions stay, for re-rating)."""
+    spec = _load_spec(file, note)
+
+    async def run(ctx: UsageContext) -> tuple[PriceBook, list[str]]:
+        known = {t.external_id for t in await ctx.store.list_tenants(include_deleted=True)}
+        return await ctx.rating.create_book(spec), sorted(set(spec.tenant_overrides) - known)
+
+    book, unknown = with_usage(config_path, run)
+    if unknown:
+        err_console.print(f"[yellow]warning:[/] overrides for unknown tenants: {', '.join(unknown)}")
+    if as_json:
+        print_json(book.to_json())
+    else:
+        console.print(f"price book v{book.version} stored ({len(book.prices)} models, {book.currency})")
+
+
+@prices_app.command("list")
+def list_prices(config_path: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Every price book version, oldest first."""
+    books = with_usage(config_path, lambda ctx: ctx.rating.books())
+    if as_json:
+        print_json([b.to_json() for b in books])
+        return
+    table = Table("version", "created (UTC)", "currency", "models", "tenant overrides", "gpu costs", "note")
+    for b in books:
+        table.add_row(
+            str(b.version),
+            b.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            b.currency,
+            ", ".join(sorted(b.prices)),
+            ", ".join(sorted(b.tenant_overrides)) or "-",
+            ", ".join(sorted(b.gpu_costs)) or "-",
+            b.note or "",
+        )
+    console.print(table)
+
+
+def _started_at(record: ProcRecord) -> float | None:
+    # ProcRecord keeps the start time in clock ticks since boot; counters began when the process did.
+    if record.start_time is None:
+        return None
+    try:
+        stat = Path("/proc/stat").read_text().splitlines()
+        btime = next(int(line.split()[1]) for line in stat if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return btime + record.start_time / os.sysconf("SC_CLK_TCK")
+
+
+def _since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"--since: expected an ISO time (2026-11-23T10:00:00) or Unix seconds, got {value!r}")
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _targets(config: Config, since: float | None) -> tuple[list[ReplicaTarget], list[str]]:
+    state = run_dir_for(config).read()
+    if state is None:
+        fail(f"nothing runs from {run_dir_for(config).path}: start the stack with `fleetgate up`")
+    targets, skipped = [], []
+    for rec in state.replicas:
+        start = since if since is not None else _started_at(rec)
+        if rec.url is None or rec.id is None or start is None:
+            skipped.append(f"{rec.id or rec.pid}: no URL or start time recorded")
+            continue
+        targets.append(ReplicaTarget(rec.id, rec.url, "llamacpp", start))
+    by_url = {e.url: e for e in config.engines}
+    for index, url in enumerate(state.engines):
+        endpoint = by_url.get(url)
+        kind = endpoint.kind if endpoint else "openai"
+        rid = (endpoint.id if endpoint else None) or f"engine-{index}"
+        if kind not in KINDS or since is None:
+            why = f"kind {kind} has no token counters" if kind not in KINDS else "pass --since (its start is unknown)"
+            skipped.append(f"{rid} ({url}): {why}")
+            continue
+        targets.append(ReplicaTarget(rid, url, kind, since))
+    return targets, skipped
+
+
+@app.command("reconcile")
+def reconcile_cmd(
+    since: str | None = typer.Option(None, "--since", help="compare from this time (default: each replica's start)"),
+    max_drift: int | None = typer.Option(None, "--max-drift", help="exit 1 if any drift exceeds this many tokens"),
+    config_path: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Compare the ledger's tokens per replica with the engines' own counters (drift = engine - ledger)."""
+    config = load(config_path)
+    targets, skipped = _targets(config, _since(since))
+    drifts: list[Drift] = with_usage(config_path, lambda ctx: reconcile(ctx.ledger, targets)) if targets else []
+    if as_json:
+        print_json({"replicas": [d.to_json() for d in drifts], "skipped": skipped})
+    else:
+        headers = ("requests", "prompt: ledger", "engine", "drift", "output: ledger", "engine", "drift")
+        table = Table("replica", "kind", "since (UTC)", *headers)
+        for d in drifts:
+            start = datetime.fromtimestamp(d.since, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            if d.error:
+                table.add_row(d.replica_id, d.kind, start, f"[red]{d.error}[/]")
+                continue
+            table.add_row(
+                d.replica_id,
+                d.kind,
+                start,
+                str(d.requests),
+                f"{d.ledger_prompt} ({d.basis})",
+                str(d.engine_prompt),
+                f"{d.prompt_drift:+d}",
+                str(d.ledger_completion),
+                str(d.engine_completion),
+                f"{d.completion_drift:+d}",
+            )
+        console.print(table)
+        for line in skipped:
+            err_console.print(f"[yellow]skipped[/] {line}")
+    if max_drift is not None and any(not d.within(max_drift) for d in drifts):
+        raise typer.Exit(1)

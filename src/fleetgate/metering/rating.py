@@ -1,0 +1,383 @@
+"""Rating, kept apart from metering: versioned price books applied to immutable usage, giving charges and margin.
+
+Money is integer micro-units of the book's currency. Prices are per 1M tokens; GPU costs per busy hour or per 1M
+tokens. A price book version is never edited: setting prices inserts a new version, and re-rating a period under
+another version only changes the charges computed here, never an event or a roll-up.
+
+Price lookup for a request on `model` (with `adapter`) for a tenant: the tenant's overrides win over the global
+prices; within each, the most specific name wins: "model:adapter", then "model", then "*".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from fleetgate.db.schema import price_books
+from fleetgate.errors import InvalidRequest, NotFound
+from fleetgate.metering.events import UsageEvent
+from fleetgate.metering.prices import MICROS_PER_UNIT, TOKENS_PER_PRICE
+
+if TYPE_CHECKING:
+    from fleetgate.tenancy.store import TenantStore
+
+TenantNames = Callable[[], Awaitable[Mapping[str, str]]]
+
+
+def to_micros(value: Any) -> int:
+    """Parse a money amount (int, float, decimal text) into exact micro-units; reject negatives and sub-micros."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not amount.is_finite() or amount < 0:
+        raise ValueError("must be a finite amount >= 0")
+    micros = amount * MICROS_PER_UNIT
+    if micros != micros.to_integral_value():
+        raise ValueError(f"{value} has more than 6 decimals")
+    return int(micros)
+
+
+def format_money(micros: int) -> str:
+    """Micro-units as decimal text with 2 to 6 decimals (1500000 -> "1.50", 12 -> "0.000012")."""
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), MICROS_PER_UNIT)
+    return f"{sign}{whole}.{f'{frac:06d}'.rstrip('0').ljust(2, '0')}"
+
+
+def per_million(tokens: int, micros_per_1m: int) -> int:
+    """Amount for `tokens` at a per-1M-token price, rounded half up to a micro-unit (integers only)."""
+    return (max(tokens, 0) * micros_per_1m + TOKENS_PER_PRICE // 2) // TOKENS_PER_PRICE
+
+
+Micros = Annotated[int, BeforeValidator(to_micros)]
+
+
+class RateSpec(BaseModel):
+    """A model's prices per 1M tokens in currency units; cached_input defaults to input (no cache discount)."""
+
+    model_config = ConfigDict(extra="forbid")
+    input: Micros
+    cached_input: Micros | None = None
+    output: Micros
+
+
+class GpuCostSpec(BaseModel):
+    """What a GPU type costs the operator: per busy hour, or per 1M tokens (exactly one)."""
+
+    model_config = ConfigDict(extra="forbid")
+    per_hour: Micros | None = None
+    per_1m_tokens: Micros | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> GpuCostSpec:
+        if (self.per_hour is None) == (self.per_1m_tokens is None):
+            raise ValueError("give exactly one of per_hour, per_1m_tokens")
+        return self
+
+
+class PriceBookSpec(BaseModel):
+    """What `usage prices set -f prices.yaml` reads (see prices.example.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+    currency: str = Field("USD", pattern=r"^[A-Z]{3,8}$")
+    note: str | None = Field(None, max_length=500)
+    prices: dict[str, RateSpec] = Field(min_length=1)
+    tenant_overrides: dict[str, dict[str, RateSpec]] = Field(default_factory=dict)
+    gpu_costs: dict[str, GpuCostSpec] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRate:
+    """Prices in micro-units per 1M tokens."""
+
+    input: int
+    cached_input: int
+    output: int
+
+
+@dataclass(frozen=True, slots=True)
+class GpuCost:
+    """Operator cost of a GPU type in micro-units: per busy hour or per 1M tokens."""
+
+    per_hour: int | None = None
+    per_1m_tokens: int | None = None
+
+
+def _rates(data: Mapping[str, Any]) -> dict[str, ModelRate]:
+    return {name: ModelRate(int(r["input"]), int(r["cached_input"]), int(r["output"])) for name, r in data.items()}
+
+
+def _rate_json(specs: Mapping[str, RateSpec]) -> dict[str, dict[str, int]]:
+    return {
+        name: {
+            "input": r.input,
+            "cached_input": r.input if r.cached_input is None else r.cached_input,
+            "output": r.output,
+        }
+        for name, r in specs.items()
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class PriceBook:
+    """One stored, immutable price book version."""
+
+    version: int
+    created_at: datetime
+    currency: str
+    prices: dict[str, ModelRate]
+    tenant_overrides: dict[str, dict[str, ModelRate]]
+    gpu_costs: dict[str, GpuCost]
+    note: str | None = None
+
+    def rate_for(self, model: str, adapter: str | None, tenant: str) -> ModelRate | None:
+        """The price for a model (and adapter) for a tenant's external id; None if nothing applies."""
+        names = [f"{model}:{adapter}"] if adapter else []
+        names.append(model)
+        if ":" in model:  # "base:adapter" named as the model falls back to the base model's price
+            names.append(model.split(":", 1)[0])
+        names.append("*")
+        for table in (self.tenant_overrides.get(tenant, {}), self.prices):
+            for name in names:
+                if name in table:
+                    return table[name]
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain dict with amounts as decimal text (for `prices list --json`)."""
+
+        def money(rate: ModelRate) -> dict[str, str]:
+            return {k: format_money(getattr(rate, k)) for k in ("input", "cached_input", "output")}
+
+        return {
+            "version": self.version,
+            "created_at": self.created_at.isoformat(),
+            "currency": self.currency,
+            "note": self.note,
+            "prices": {m: money(r) for m, r in self.prices.items()},
+            "tenant_overrides": {t: {m: money(r) for m, r in o.items()} for t, o in self.tenant_overrides.items()},
+            "gpu_costs": {
+                g: {k: format_money(v) for k, v in (("per_hour", c.per_hour), ("per_1m_tokens", c.per_1m_tokens)) if v}
+                for g, c in self.gpu_costs.items()
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Ratable:
+    """The usage a policy rates: one event or one roll-up row, with the tenant's external id resolved."""
+
+    key: str
+    tenant: str
+    model: str
+    adapter: str | None
+    gpu_type: str | None
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    busy_seconds: float
+
+    @property
+    def fresh_tokens(self) -> int:
+        """Prompt tokens not served from cache."""
+        return max(self.prompt_tokens - self.cached_tokens, 0)
+
+
+def event_usage(event: UsageEvent, tenant: str) -> Ratable:
+    """One event as something a rating policy can rate (`tenant` is the tenant's external id)."""
+    return Ratable(
+        key=event.event_id,
+        tenant=tenant,
+        model=event.model,
+        adapter=event.adapter,
+        gpu_type=event.gpu_type,
+        prompt_tokens=event.prompt_tokens,
+        cached_tokens=event.cached_tokens,
+        completion_tokens=event.completion_tokens,
+        busy_seconds=max(event.ended_at - event.started_at, 0.0),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What one event or roll-up costs the tenant (and the operator), in micro-units, under one book version."""
+
+    key: str  # the event_id, or a roll-up key "day|tenant_id|model|adapter|gpu_type"
+    price_book_version: int
+    fresh_input: int
+    cached_input: int
+    output: int
+    total: int
+    cost: int
+    margin: int
+    priced: bool = True  # False when no price applied (charged 0): surfaces in reports as unpriced usage
+
+
+class RatingPolicy(Protocol):
+    """Turns token counts and a model's rate into the three charged amounts (fresh, cached, output)."""
+
+    name: str
+
+    def amounts(self, usage: Ratable, rate: ModelRate) -> tuple[int, int, int]:
+        """Micro-units for fresh input, cached input and output."""
+        ...
+
+
+class PerToken:
+    """Fresh input, cached input and output each at their own rate (the default)."""
+
+    name = "per_token"
+
+    def amounts(self, usage: Ratable, rate: ModelRate) -> tuple[int, int, int]:
+        """Micro-units for fresh input, cached input and output."""
+        return (
+            per_million(usage.fresh_tokens, rate.input),
+            per_million(min(usage.cached_tokens, usage.prompt_tokens), rate.cached_input),
+            per_million(usage.completion_tokens, rate.output),
+        )
+
+
+class NoCacheDiscount:
+    """Cached input charged as fresh input (for operators who keep the cache saving)."""
+
+    name = "no_cache_discount"
+
+    def amounts(self, usage: Ratable, rate: ModelRate) -> tuple[int, int, int]:
+        """Micro-units for fresh input, cached input and output."""
+        cached = min(usage.cached_tokens, usage.prompt_tokens)
+        return (
+            per_million(usage.fresh_tokens, rate.input),
+            per_million(cached, rate.input),
+            per_million(usage.completion_tokens, rate.output),
+        )
+
+
+POLICIES: dict[str, Callable[[], RatingPolicy]] = {"per_token": PerToken, "no_cache_discount": NoCacheDiscount}
+
+
+def make_policy(name: str) -> RatingPolicy:
+    """The rating policy registered under `name`."""
+    factory = POLICIES.get(name)
+    if factory is None:
+        raise InvalidRequest(f"unknown rating policy {name!r}; known: {', '.join(sorted(POLICIES))}")
+    return factory()
+
+
+def gpu_cost(usage: Ratable, book: PriceBook) -> int:
+    """The operator's cost of serving this usage, by its GPU type (0 when the type has no cost)."""
+    cost = book.gpu_costs.get(usage.gpu_type or "")
+    if cost is None:
+        return 0
+    if cost.per_1m_tokens is not None:
+        return per_million(usage.prompt_tokens + usage.completion_tokens, cost.per_1m_tokens)
+    # per_hour x busy seconds / 3600, rounded half up in integers
+    micros_seconds = round(max(usage.busy_seconds, 0.0) * (cost.per_hour or 0))
+    return (micros_seconds + 1800) // 3600
+
+
+def rate(usage: Ratable, book: PriceBook, policy: RatingPolicy) -> Charge:
+    """The charge for one event or roll-up under one price book (pure: reads nothing, writes nothing)."""
+    price = book.rate_for(usage.model, usage.adapter, usage.tenant)
+    fresh, cached, output = (0, 0, 0) if price is None else policy.amounts(usage, price)
+    total = fresh + cached + output
+    cost = gpu_cost(usage, book)
+    return Charge(usage.key, book.version, fresh, cached, output, total, cost, total - cost, price is not None)
+
+
+def _book(row: Mapping[str, Any]) -> PriceBook:
+    created = row["created_at"]
+    return PriceBook(
+        version=int(row["version"]),
+        created_at=created if created.tzinfo else created.replace(tzinfo=UTC),
+        currency=row["currency"],
+        prices=_rates(row["prices"]),
+        tenant_overrides={t: _rates(o) for t, o in row["tenant_overrides"].items()},
+        gpu_costs={g: GpuCost(c.get("per_hour"), c.get("per_1m_tokens")) for g, c in row["gpu_costs"].items()},
+        note=row["note"],
+    )
+
+
+def names_from_store(store: TenantStore) -> TenantNames:
+    """A tenant id -> external id lookup backed by the tenant store (deleted tenants keep their names)."""
+
+    async def names() -> dict[str, str]:
+        return {t.id: t.external_id for t in await store.list_tenants(include_deleted=True)}
+
+    return names
+
+
+class Rating:
+    """Price books in the ledger's database, a rating policy, and tenant names for overrides and reports."""
+
+    def __init__(
+        self, engine: AsyncEngine, *, policy: str = "per_token", tenant_names: TenantNames | None = None
+    ) -> None:
+        self.engine = engine
+        self.policy = make_policy(policy)
+        self._tenant_names = tenant_names
+
+    async def tenant_names(self) -> Mapping[str, str]:
+        """Tenant id -> external id (empty without a lookup: ids are shown as they are)."""
+        return {} if self._tenant_names is None else await self._tenant_names()
+
+    async def tenant_id(self, external_id: str) -> str:
+        """The tenant id events carry for an external id (the text itself if no tenant has that name)."""
+        for tid, ext in (await self.tenant_names()).items():
+            if ext == external_id:
+                return tid
+        return external_id
+
+    async def create_book(self, spec: PriceBookSpec) -> PriceBook:
+        """Store a new price book version (versions are never edited)."""
+        values = {
+            "created_at": datetime.now(UTC),
+            "currency": spec.currency,
+            "prices": _rate_json(spec.prices),
+            "tenant_overrides": {t: _rate_json(o) for t, o in spec.tenant_overrides.items()},
+            "gpu_costs": {g: c.model_dump(exclude_none=True) for g, c in spec.gpu_costs.items()},
+            "note": spec.note,
+        }
+        async with self.engine.begin() as conn:
+            version = (
+                await conn.execute(price_books.insert().values(values).returning(price_books.c.version))
+            ).scalar_one()
+        return _book({**values, "version": version})
+
+    async def books(self) -> list[PriceBook]:
+        """Every price book version, oldest first."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(price_books).order_by(price_books.c.version))).all()
+        return [_book(dict(r._mapping)) for r in rows]
+
+    async def book(self, version: int | None = None) -> PriceBook | None:
+        """One version (404 if unknown), or the newest when `version` is None (None if there is none yet)."""
+        query = select(price_books)
+        query = query.where(price_books.c.version == version) if version is not None else query
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query.order_by(price_books.c.version.desc()).limit(1))).first()
+        if row is None and version is not None:
+            raise NotFound(f"no price book version {version}")
+        return None if row is None else _book(dict(row._mapping))
+
+    def charge(self, usage: Ratable, book: PriceBook) -> Charge:
+        """Rate one event or roll-up with this rating's policy."""
+        return rate(usage, book, self.policy)
+
+
+def book_for_day(books: list[PriceBook], day: date) -> PriceBook | None:
+    """The book in effect on a day: the newest created on or before it, else the oldest (books oldest first)."""
+    chosen = books[0] if books else None
+    for book in books:
+        if book.created_at.astimezone(UTC).date() <= day:
+            chosen = book
+    return chosen
