@@ -42,7 +42,11 @@ class RunningGateway:
 
 @asynccontextmanager
 async def running_gateway(
-    engine_urls: list[str], *, sections: dict[str, Any] | None = None, **gateway_overrides: object
+    engine_urls: list[str],
+    *,
+    sections: dict[str, Any] | None = None,
+    metering: dict[str, Any] | None = None,
+    **gateway_overrides: object,
 ) -> AsyncIterator[RunningGateway]:
     """Start a gateway in front of the given engines (fresh SQLite database unless `sections` names one)."""
     db_dir = tempfile.mkdtemp(prefix="fg-gw-")
@@ -53,7 +57,12 @@ async def running_gateway(
             "engines": [EngineEndpoint(url=u, id=f"engine-{i}").model_dump() for i, u in enumerate(engine_urls)],
             "database": {"url": f"sqlite:///{db_dir}/fleetgate.db"},
             "tenancy": {"poll_interval": 0.1},
-            "metering": {"outbox_dir": f"{db_dir}/outbox", "flush_interval": 0.05, "fsync_interval": 0},
+            "metering": {
+                "outbox_dir": f"{db_dir}/outbox",
+                "flush_interval": 0.05,
+                "fsync_interval": 0,
+                **(metering or {}),
+            },
             **(sections or {}),
         }
     )

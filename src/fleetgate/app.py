@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -35,6 +38,8 @@ from fleetgate.tenancy.gate import TenantGate
 from fleetgate.tenancy.limits.factory import make_limiter
 from fleetgate.tenancy.models import TenantSpec
 from fleetgate.tenancy.store import TenantStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,9 +82,13 @@ def build_gateway(config: Config, registry: ReplicaRegistry) -> Gateway:
     limiter = make_limiter(config.limits.backend, config.limits.redis_url, config.limits.on_redis_error)
     gate = TenantGate(auth, limiter, config.prices)
     metering = config.metering
-    outbox = Outbox(metering.outbox_dir or default_state_dir() / "outbox", metering.segment_bytes, metering.fsync_interval)
+    outbox = Outbox(
+        metering.outbox_dir or default_state_dir() / "outbox", metering.segment_bytes, metering.fsync_interval
+    )
     capture = UsageCapture(outbox, client, metering.tokenize_after)
-    ledger_engine = store.engine if metering.ledger_url in (None, config.database.url) else make_engine(metering.ledger_url)
+    ledger_engine = (
+        store.engine if metering.ledger_url in (None, config.database.url) else make_engine(metering.ledger_url)
+    )
     ledger = SqlLedger(ledger_engine)
     sinks: list[Sink] = []
     if metering.nats is not None:
@@ -105,14 +114,30 @@ async def seed_demo_tenant(config: Config, store: TenantStore) -> None:
         await store.ensure_key(name, key, name="demo key from config")
 
 
+async def _migrate_until_done(engine: AsyncEngine, interval: float = 2.0) -> None:
+    """Migrate a database that may not be reachable yet, retrying until it is."""
+    warned = False
+    while True:
+        try:
+            await migrate(engine)
+            return
+        except (SQLAlchemyError, OSError) as exc:
+            if not warned:
+                log.warning("ledger database unreachable (%s); retrying, events wait in the outbox", exc)
+                warned = True
+        await asyncio.sleep(interval)
+
+
 def build_app(gateway: Gateway) -> Starlette:
     """The ASGI app for a gateway."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await migrate(gateway.store.engine)
+        ledger_migration: asyncio.Task[None] | None = None
         if gateway.ledger.engine is not gateway.store.engine:
-            await migrate(gateway.ledger.engine)
+            # A separate ledger may be down at boot: serving must not wait for it (events wait in the outbox).
+            ledger_migration = asyncio.create_task(_migrate_until_done(gateway.ledger.engine))
         await seed_demo_tenant(gateway.config, gateway.store)
         await gateway.gate.auth.start()
         await gateway.client.start()
@@ -134,6 +159,9 @@ def build_app(gateway: Gateway) -> Starlette:
             await gateway.gate.limiter.close()
             for sink in gateway.sinks:
                 await sink.close()
+            if ledger_migration is not None:
+                ledger_migration.cancel()
+                await asyncio.gather(ledger_migration, return_exceptions=True)
             if gateway.ledger.engine is not gateway.store.engine:
                 await gateway.ledger.engine.dispose()
             await gateway.store.close()

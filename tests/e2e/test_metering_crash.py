@@ -53,7 +53,9 @@ class Harness:
         log = (self.tmp / f"gw{self.starts}.log").open("wb")
         proc = subprocess.Popen(
             [*FLEETGATE, "up", "--engine", self.engine.url, "--port", str(port), "--no-self-test"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.procs.append(proc)
         url = f"http://127.0.0.1:{port}"
@@ -115,8 +117,12 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
 
 async def _stream(http: aiohttp.ClientSession, url: str, max_tokens: int) -> tuple[str | None, bool]:
     """One streamed request; returns (request id, whether the client saw it complete)."""
-    body = {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens,
-            "stream": True}
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
     rid: str | None = None
     data = b""
     try:
@@ -126,7 +132,7 @@ async def _stream(http: aiohttp.ClientSession, url: str, max_tokens: int) -> tup
             rid = resp.headers.get("x-request-id")
             async for chunk in resp.content.iter_any():
                 data += chunk
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         pass  # cut off by the kill: the id from the headers (if they came) is what we check in the ledger
     return rid, b"data: [DONE]" in data
 

@@ -60,7 +60,9 @@ async def two_gateways(tmp_path: Path) -> AsyncIterator[tuple[list[str], FakeEng
                 procs.append(
                     subprocess.Popen(
                         [*FLEETGATE, "up", "--engine", engine.url, "--port", str(port), "--no-self-test"],
-                        env=env, stdout=out, stderr=subprocess.STDOUT,
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
                     )
                 )
             urls.append(f"http://127.0.0.1:{port}")

@@ -18,7 +18,7 @@ from fleetgate.fleet.client import EngineClient
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.ids import request_id
 from fleetgate.metering.capture import UsageCapture
-from fleetgate.routing.router import RouteDecision, RouteRequest, Router
+from fleetgate.routing.router import RouteDecision, Router, RouteRequest
 from fleetgate.tenancy.auth import Principal
 from fleetgate.tenancy.gate import Admission, TenantGate
 

@@ -69,6 +69,21 @@ async def relay_stream(
 ) -> None:
     """Pass the SSE stream through event by event; end with an error event if the engine breaks off."""
     relay = SSERelay(drop_usage_event=not client_wants_usage)
+    try:
+        await _pump(resp, outcome, send, headers, relay, on_complete)
+    finally:
+        # Whatever way the stream ends (done, engine error, client gone, cancelled), metering sees what was relayed.
+        _take(outcome, relay)
+
+
+async def _pump(
+    resp: aiohttp.ClientResponse,
+    outcome: RequestOutcome,
+    send: ASGISend,
+    headers: list[tuple[bytes, bytes]],
+    relay: SSERelay,
+    on_complete: OnComplete,
+) -> None:
     started = False
     try:
         async for data in resp.content.iter_any():
@@ -84,7 +99,6 @@ async def relay_stream(
                 on_complete(outcome)
             await send({"type": "http.response.body", "body": out, "more_body": True})
     except (aiohttp.ClientError, TimeoutError) as exc:
-        _take(outcome, relay)
         if not started:
             raise UpstreamError(f"replica {_rid(outcome)} broke off the stream ({type(exc).__name__})") from None
         outcome.status = "timeout" if isinstance(exc, TimeoutError) else "engine_error"
@@ -92,7 +106,6 @@ async def relay_stream(
         return
     except OSError:
         # The ASGI server raises OSError from send() when the client is gone (ASGI spec 2.4).
-        _take(outcome, relay)
         raise Disconnected() from None
     _take(outcome, relay)
     tail = relay.flush()

@@ -44,10 +44,20 @@ class RequestOutcome:
     def measured(self) -> Measured:
         """The metering view of this outcome."""
         return Measured(
-            request_id=self.request_id, tenant_id=self.tenant_id, key_id=self.key_id, model=self.model,
-            endpoint=self.endpoint, stream=self.stream, status=self.status, http_status=self.http_status,
-            started_at=self.started_at, first_token_at=self.first_byte_at, usage=self.usage,
-            content_events=self.content_events, est_prompt_tokens=self.est_prompt_tokens, replica=self.replica,
+            request_id=self.request_id,
+            tenant_id=self.tenant_id,
+            key_id=self.key_id,
+            model=self.model,
+            endpoint=self.endpoint,
+            stream=self.stream,
+            status=self.status,
+            http_status=self.http_status,
+            started_at=self.started_at,
+            first_token_at=self.first_byte_at,
+            usage=self.usage,
+            content_events=self.content_events,
+            est_prompt_tokens=self.est_prompt_tokens,
+            replica=self.replica,
         )
 
 
