@@ -54,16 +54,22 @@ def _run_logged(args: list[str], say: Callable[[str], None], timeout: float) -> 
     tail: list[str] = []
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        tail = [*tail[-19:], line]
-        # pip prints a line per package; the interesting ones are enough to show it is moving.
-        if line.startswith(("Collecting", "Installing", "Successfully", "ERROR", "error")):
-            say(line[:160])
-        if time.monotonic() > deadline:
+    try:
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail = [*tail[-19:], line]
+            # pip prints a line per package; the interesting ones are enough to show it is moving.
+            if line.startswith(("Collecting", "Installing", "Successfully", "ERROR", "error")):
+                say(line[:160])
+            if time.monotonic() > deadline:
+                tail.append(f"(stopped after {timeout:.0f}s)")
+                break
+    finally:
+        # Interrupted, timed out or done: never leave the installer running behind us.
+        if proc.poll() is None:
             proc.kill()
-            break
-    code = proc.wait()
+        code = proc.wait()
+        proc.stdout.close()
     return code, "\n".join(tail)
 
 

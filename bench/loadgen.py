@@ -146,17 +146,16 @@ async def run_cell(
 
     async def one() -> None:
         nonlocal chunks_total
-        t0 = clock()
+        n = 0
+        t0 = first = clock()
         try:
             async with session.post(url, data=body, headers=headers) as resp:
                 if not stream:
                     data = await resp.read()
                     t_end = clock()
                     problem = f"HTTP {resp.status}" if resp.status != 200 else check_completion(data)
-                    first = t_end
                 else:
                     parts: list[bytes] = []
-                    first = 0.0
                     async for piece in resp.content.iter_any():
                         if not parts:
                             first = clock()
@@ -164,7 +163,6 @@ async def run_cell(
                     t_end = clock()
                     if resp.status != 200:
                         problem = f"HTTP {resp.status}"
-                        n = 0
                     else:
                         n, problem = check_stream(b"".join(parts), expected_chunks)
         except (aiohttp.ClientError, TimeoutError) as exc:

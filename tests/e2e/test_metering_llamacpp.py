@@ -89,7 +89,7 @@ def test_client_disconnect_records_partial_usage(llama_stack: Stack) -> None:
         data=body,
         headers={"Authorization": f"Bearer {DEMO_KEY}", "Content-Type": "application/json"},
     )
-    resp = urllib.request.urlopen(request, timeout=60)  # noqa: S310 - 127.0.0.1
+    resp = urllib.request.urlopen(request, timeout=60)
     rid = resp.headers["x-request-id"]
     received = b""
     while received.count(b"\n\n") < 6:  # a few chunks, then hang up

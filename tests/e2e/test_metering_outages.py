@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -117,8 +118,6 @@ async def test_nats_sink_outage(engine: FakeEngine) -> None:
             assert sorted(got) == sorted(ids)  # each exactly once
     finally:
         await proxy.down()
-        try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(name)
-        except nats.js.errors.NotFoundError:
-            pass
         await admin.close()

@@ -55,17 +55,41 @@ class ListSink:
 
 def _start(rid: str) -> StartRecord:
     return StartRecord(
-        id=rid, tenant_id="t", key_id="k", model="m", adapter=None, replica_id="r0", engine="llamacpp",
-        gpu_type="cpu", started_at=time.time(), stream=True, endpoint="chat", est_prompt_tokens=11,
+        id=rid,
+        tenant_id="t",
+        key_id="k",
+        model="m",
+        adapter=None,
+        replica_id="r0",
+        engine="llamacpp",
+        gpu_type="cpu",
+        started_at=time.time(),
+        stream=True,
+        endpoint="chat",
+        est_prompt_tokens=11,
     )
 
 
 def _event(rid: str, completion: int = 5) -> UsageEvent:
     now = time.time()
     return UsageEvent(
-        event_id=rid, tenant_id="t", key_id="k", model="m", adapter=None, replica_id="r0", engine="llamacpp",
-        gpu_type="cpu", started_at=now, first_token_at=now, ended_at=now, prompt_tokens=20, cached_tokens=4,
-        completion_tokens=completion, status="ok", usage_source="engine", stream=True,
+        event_id=rid,
+        tenant_id="t",
+        key_id="k",
+        model="m",
+        adapter=None,
+        replica_id="r0",
+        engine="llamacpp",
+        gpu_type="cpu",
+        started_at=now,
+        first_token_at=now,
+        ended_at=now,
+        prompt_tokens=20,
+        cached_tokens=4,
+        completion_tokens=completion,
+        status="ok",
+        usage_source="engine",
+        stream=True,
     )
 
 
