@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import random
 import time
 import uuid
 
@@ -10,7 +10,8 @@ import uuid
 def uuid7() -> uuid.UUID:
     """A UUIDv7: 48-bit Unix milliseconds, version and variant bits, 74 random bits."""
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+    # Ids need to be unique, not secret: the PRNG (seeded from the OS at start) avoids a syscall per request.
+    rand = random.getrandbits(80)
     value = (ms & 0xFFFF_FFFF_FFFF) << 80
     value |= 0x7 << 76
     value |= ((rand >> 62) & 0xFFF) << 64

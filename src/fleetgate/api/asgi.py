@@ -45,5 +45,7 @@ async def send_json_bytes(send: ASGISend, status: int, body: bytes, headers: lis
 
 async def send_error(send: ASGISend, err: ApiError, request_id: str | None) -> None:
     """Send an OpenAI-shaped error."""
+    body = error_payload(err)
+    headers = [*error_headers(err, request_id), (b"content-length", str(len(body)).encode())]
     with contextlib.suppress(OSError):  # the client is already gone; nothing to tell it
-        await send_json_bytes(send, err.status, error_payload(err), error_headers(err, request_id))
+        await send_json_bytes(send, err.status, body, headers)

@@ -54,7 +54,12 @@ async def relay_whole(
     content_type = resp.headers.get("content-type", "application/json").encode()
     on_complete(outcome)
     try:
-        await send_json_bytes(send, resp.status, data, [(b"content-type", content_type), *headers])
+        await send_json_bytes(
+            send,
+            resp.status,
+            data,
+            [(b"content-type", content_type), (b"content-length", str(len(data)).encode()), *headers],
+        )
     except OSError:
         raise Disconnected() from None
 

@@ -307,6 +307,22 @@ def _book(row: Mapping[str, Any]) -> PriceBook:
     )
 
 
+def _columns(spec: PriceBookSpec) -> dict[str, Any]:
+    # The stored form: amounts as integer micro-units (per 1M tokens, per hour), cached_input filled in.
+    return {
+        "currency": spec.currency,
+        "prices": _rate_json(spec.prices),
+        "tenant_overrides": {t: _rate_json(o) for t, o in spec.tenant_overrides.items()},
+        "gpu_costs": {g: c.model_dump(exclude_none=True) for g, c in spec.gpu_costs.items()},
+        "note": spec.note,
+    }
+
+
+def book_from_spec(spec: PriceBookSpec, version: int, created_at: datetime) -> PriceBook:
+    """The PriceBook a spec becomes once stored (for previews and tests; storing is Rating.create_book)."""
+    return _book({**_columns(spec), "version": version, "created_at": created_at})
+
+
 def names_from_store(store: TenantStore) -> TenantNames:
     """A tenant id -> external id lookup backed by the tenant store (deleted tenants keep their names)."""
 
@@ -339,14 +355,7 @@ class Rating:
 
     async def create_book(self, spec: PriceBookSpec) -> PriceBook:
         """Store a new price book version (versions are never edited)."""
-        values = {
-            "created_at": datetime.now(UTC),
-            "currency": spec.currency,
-            "prices": _rate_json(spec.prices),
-            "tenant_overrides": {t: _rate_json(o) for t, o in spec.tenant_overrides.items()},
-            "gpu_costs": {g: c.model_dump(exclude_none=True) for g, c in spec.gpu_costs.items()},
-            "note": spec.note,
-        }
+        values = {"created_at": datetime.now(UTC), **_columns(spec)}
         async with self.engine.begin() as conn:
             version = (
                 await conn.execute(price_books.insert().values(values).returning(price_books.c.version))
