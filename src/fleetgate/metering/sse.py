@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+
 def _has_usage(data: bytes) -> bool:
     # Called on every chunk: two substring scans in C, no generator.
     return b'"usage":{' in data or b'"usage": {' in data
