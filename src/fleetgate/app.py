@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from fleetgate.api import openai
 from fleetgate.api.admin import build_admin_app
 from fleetgate.api.errors import api_error_handler, http_exception_handler
+from fleetgate.api.iolog import iolog_routes
 from fleetgate.api.proxy import Proxy
 from fleetgate.config import Config, EngineEndpoint
 from fleetgate.db.engine import make_engine, migrate
@@ -29,6 +30,7 @@ from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.metering.capture import UsageCapture
 from fleetgate.metering.events import Sink
 from fleetgate.metering.flusher import Flusher
+from fleetgate.metering.iolog import IOLog
 from fleetgate.metering.ledger import SqlLedger
 from fleetgate.metering.outbox import Outbox
 from fleetgate.paths import default_state_dir
@@ -58,6 +60,7 @@ class Gateway:
     flusher: Flusher
     ledger: SqlLedger
     sinks: list[Sink]
+    iolog: IOLog
 
 
 def remote_replicas(engines: list[EngineEndpoint]) -> list[Replica]:
@@ -96,9 +99,10 @@ def build_gateway(config: Config, registry: ReplicaRegistry) -> Gateway:
 
         sinks.append(NatsSink(metering.nats))
     flusher = Flusher(outbox, ledger, sinks, metering.flush_interval, metering.batch_size)
-    proxy = Proxy(config.gateway, registry, make_router(config.gateway.router), client, gate, capture)
+    iolog = IOLog(config.iolog)
+    proxy = Proxy(config.gateway, registry, make_router(config.gateway.router), client, gate, capture, iolog)
     health = HealthChecker(registry, client, config.gateway.health_interval, timeout=2.0)
-    return Gateway(config, registry, client, proxy, health, store, gate, outbox, capture, flusher, ledger, sinks)
+    return Gateway(config, registry, client, proxy, health, store, gate, outbox, capture, flusher, ledger, sinks, iolog)
 
 
 async def seed_demo_tenant(config: Config, store: TenantStore) -> None:
@@ -141,6 +145,7 @@ def build_app(gateway: Gateway) -> Starlette:
         await seed_demo_tenant(gateway.config, gateway.store)
         await gateway.gate.auth.start()
         await gateway.client.start()
+        await gateway.iolog.start()
         gateway.outbox.open()
         gateway.outbox.start_fsync()
         gateway.capture.start()
@@ -154,6 +159,7 @@ def build_app(gateway: Gateway) -> Starlette:
             await gateway.capture.stop()  # pending finish records (prompt counts of aborted requests)
             await gateway.flusher.stop()  # one last delivery to the ledger, bounded
             gateway.outbox.close()
+            await gateway.iolog.stop()
             await gateway.client.close()
             await gateway.gate.auth.stop()
             await gateway.gate.limiter.close()
@@ -180,6 +186,7 @@ def build_app(gateway: Gateway) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *openai.routes(gateway.proxy),
+        *iolog_routes(gateway.iolog, gateway.gate.auth.authenticate),
     ]
     admin_key = gateway.config.gateway.admin_api_key
     if admin_key is not None:

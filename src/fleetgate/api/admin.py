@@ -53,6 +53,8 @@ class TenantUpsert(BaseModel):
     max_tokens_policy: str = "clamp"
     models: list[str] = Field(default_factory=lambda: ["*"])
     adapters: list[str] = Field(default_factory=list)
+    io_log: bool = False
+    io_log_retention_days: float | None = None
 
 
 def build_admin_app(store: TenantStore, registry: ReplicaRegistry, admin_key: str) -> FastAPI:

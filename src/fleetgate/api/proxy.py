@@ -18,6 +18,7 @@ from fleetgate.fleet.client import EngineClient
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.ids import request_id
 from fleetgate.metering.capture import UsageCapture
+from fleetgate.metering.iolog import IOLog
 from fleetgate.routing.router import RouteDecision, Router, RouteRequest
 from fleetgate.tenancy.auth import Principal
 from fleetgate.tenancy.gate import Admission, TenantGate
@@ -40,6 +41,7 @@ class Proxy:
         client: EngineClient,
         gate: TenantGate,
         capture: UsageCapture,
+        iolog: IOLog | None = None,
     ) -> None:
         self.cfg = cfg
         self.registry = registry
@@ -47,6 +49,7 @@ class Proxy:
         self.client = client
         self.gate = gate
         self.capture = capture
+        self.iolog = iolog
         self.in_flight = 0
 
     async def handle(self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend, endpoint: Endpoint) -> None:
@@ -74,7 +77,11 @@ class Proxy:
             principal = await self.gate.authenticate(_header(scope, b"authorization"))
             outcome.tenant_id, outcome.key_id = principal.tenant.id, principal.key.id
             outcome.tenant_name = principal.tenant.external_id
-            payload = parse_request(await read_body(receive, self.cfg.max_body_bytes), outcome.endpoint)
+            raw = await read_body(receive, self.cfg.max_body_bytes)
+            if principal.tenant.io_log and self.iolog is not None:
+                outcome.request_body, outcome.response_parts = raw, []
+                outcome.io_retention_days = principal.tenant.io_log_retention_days
+            payload = parse_request(raw, outcome.endpoint)
             outcome.model = payload["model"]
             outcome.stream = payload.get("stream", False)
             serving = self.registry.serving(outcome.model)
@@ -91,9 +98,21 @@ class Proxy:
         return payload, serving, admission
 
     def _record(self, outcome: RequestOutcome) -> None:
-        if not outcome.recorded:
-            outcome.recorded = True
-            self.capture.finish(outcome.measured())
+        if outcome.recorded:
+            return
+        outcome.recorded = True
+        self.capture.finish(outcome.measured())
+        if outcome.request_body is not None and self.iolog is not None:
+            self.iolog.record(
+                request_id=outcome.request_id,
+                tenant_id=outcome.tenant_id,
+                key_id=outcome.key_id,
+                model=outcome.model,
+                status=outcome.status,
+                request_body=outcome.request_body,
+                response_body=b"".join(outcome.response_parts or ()),
+                retention_days=outcome.io_retention_days,
+            )
 
     def _no_replica_for(self, model: str) -> ApiError:
         # An engine never reached has told us no models yet: the model may be its, so don't claim it doesn't exist.

@@ -52,6 +52,8 @@ async def relay_whole(
     else:
         outcome.status = "engine_error" if resp.status >= 500 else "rejected"
     content_type = resp.headers.get("content-type", "application/json").encode()
+    if outcome.response_parts is not None:
+        outcome.response_parts.append(data)
     on_complete(outcome)
     try:
         await send_json_bytes(
@@ -99,6 +101,8 @@ async def _pump(
                 outcome.first_byte_at = time.time()
                 await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
                 started = True
+            if outcome.response_parts is not None:
+                outcome.response_parts.append(out)
             if relay.done:
                 _take(outcome, relay)
                 on_complete(outcome)

@@ -40,6 +40,10 @@ class RequestOutcome:
     est_prompt_tokens: int = 0
     begun: bool = False  # a start record was written
     recorded: bool = False  # the finish record was written
+    # Only for tenants that opted in to the I/O log: what to keep (redacted later, off the hot path).
+    request_body: bytes | None = None
+    response_parts: list[bytes] | None = None
+    io_retention_days: float | None = None
 
     def measured(self) -> Measured:
         """The metering view of this outcome."""

@@ -32,6 +32,8 @@ def _limits(
     weight: int | None,
     models: list[str] | None,
     adapters: list[str] | None,
+    io_log: bool | None = None,
+    io_log_retention_days: float | None = None,
 ) -> dict[str, Any]:
     values = {
         "name": name,
@@ -46,6 +48,8 @@ def _limits(
         "weight": weight,
         "models": _split(models),
         "adapters": _split(adapters),
+        "io_log": io_log,
+        "io_log_retention_days": io_log_retention_days,
     }
     return {k: v for k, v in values.items() if v is not None}
 
@@ -87,6 +91,8 @@ PrioOpt = typer.Option(None, "--priority", help="interactive | standard | batch"
 WeightOpt = typer.Option(None, "--weight", help="fair-share weight")
 ModelsOpt = typer.Option(None, "--models", help="allowed models, comma-separated ('*' = all)")
 AdaptersOpt = typer.Option(None, "--adapters", help="allowed LoRA adapters, comma-separated")
+IOLogOpt = typer.Option(None, "--io-log/--no-io-log", help="keep requests and responses in the I/O log")
+IOLogDaysOpt = typer.Option(None, "--io-log-retention-days", help="how long the I/O log keeps them")
 
 
 @app.command()
@@ -104,6 +110,8 @@ def create(
     weight: int | None = WeightOpt,
     models: list[str] | None = ModelsOpt,
     adapters: list[str] | None = AdaptersOpt,
+    io_log: bool | None = IOLogOpt,
+    io_log_retention_days: float | None = IOLogDaysOpt,
     config_path: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -121,6 +129,8 @@ def create(
         weight,
         models,
         adapters,
+        io_log,
+        io_log_retention_days,
     )
     spec = _spec({"external_id": external_id, **fields})
 
@@ -147,6 +157,8 @@ def update(
     weight: int | None = WeightOpt,
     models: list[str] | None = ModelsOpt,
     adapters: list[str] | None = AdaptersOpt,
+    io_log: bool | None = IOLogOpt,
+    io_log_retention_days: float | None = IOLogDaysOpt,
     config_path: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -164,6 +176,8 @@ def update(
         weight,
         models,
         adapters,
+        io_log,
+        io_log_retention_days,
     )
 
     async def run(store: TenantStore) -> Tenant:

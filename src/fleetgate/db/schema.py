@@ -10,12 +10,14 @@ from sqlalchemy import (
     Date,
     DateTime,
     Double,
+    Float,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
     Table,
+    false,
 )
 
 metadata = MetaData()
@@ -39,6 +41,8 @@ tenants = Table(
     Column("models", JSON, nullable=False),
     Column("adapters", JSON, nullable=False),
     Column("managed_by", String(16), nullable=False),  # operator | fleetgate (the seeded demo tenant)
+    Column("io_log", Boolean, nullable=False, server_default=false()),
+    Column("io_log_retention_days", Float),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )

@@ -44,7 +44,7 @@ FLEETGATE_KEY = re.compile(_lead("fg-", _KEY_CHARS) + rf"{_KEYISH}[{_KEY_CHARS}]
 SECRET_KEY = re.compile(_lead("[sr]k[-_]", _KEY_CHARS) + rf"{_KEYISH}[{_KEY_CHARS}]{{20,}}")
 # Well-known vendor formats: AWS access key ids, GitHub, GitLab, Slack and Google API keys.
 VENDOR_KEY = re.compile(
-    rf"(?<![\\{_KEY_CHARS}])(?:AKIA[0-9A-Z]{{16}}|gh[pousr]_[A-Za-z0-9]{{36,}}|glpat-[A-Za-z0-9_-]{{20,}}"
+    rf"(?:(?<=\\[nrtbf])|(?<![\\{_KEY_CHARS}]))(?:AKIA[0-9A-Z]{{16}}|gh[pousr]_[A-Za-z0-9]{{36,}}|glpat-[A-Za-z0-9_-]{{20,}}"
     r"|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})"
 )
 _VENDOR_PREFIXES = ("AKIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "glpat-", "xox", "AIza")

@@ -35,6 +35,8 @@ class TenantSpec(BaseModel):
     max_tokens_policy: MaxTokensPolicy = "clamp"
     models: list[str] = Field(default_factory=lambda: [ALL_MODELS], description='allowed models; ["*"] = all')
     adapters: list[str] = Field(default_factory=list, description="allowed LoRA adapters")
+    io_log: bool = Field(False, description="keep this tenant's requests and responses in the I/O log")
+    io_log_retention_days: float | None = Field(None, gt=0, description="default: iolog.default_retention_days")
 
     @field_validator("models", "adapters")
     @classmethod
@@ -63,6 +65,8 @@ class Tenant(BaseModel):
     models: list[str]
     adapters: list[str]
     managed_by: str
+    io_log: bool = False
+    io_log_retention_days: float | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -98,6 +102,8 @@ class Tenant(BaseModel):
             max_tokens_policy=self.max_tokens_policy,
             models=self.models,
             adapters=self.adapters,
+            io_log=self.io_log,
+            io_log_retention_days=self.io_log_retention_days,
         )
 
 

@@ -57,6 +57,8 @@ def _columns(spec: TenantSpec) -> dict[str, Any]:
         "max_tokens_policy": spec.max_tokens_policy,
         "models": spec.models,
         "adapters": spec.adapters,
+        "io_log": spec.io_log,
+        "io_log_retention_days": spec.io_log_retention_days,
     }
 
 

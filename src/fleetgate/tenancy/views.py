@@ -27,6 +27,8 @@ class TenantView(BaseModel):
     max_tokens_policy: str
     models: list[str]
     adapters: list[str]
+    io_log: bool
+    io_log_retention_days: float | None
     managed_by: str
     created_at: datetime
     updated_at: datetime
