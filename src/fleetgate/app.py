@@ -21,6 +21,7 @@ from fleetgate.api.admin import build_admin_app
 from fleetgate.api.errors import api_error_handler, http_exception_handler
 from fleetgate.api.iolog import iolog_routes
 from fleetgate.api.proxy import Proxy
+from fleetgate.api.usage import admin_usage_router, usage_routes
 from fleetgate.config import Config, EngineEndpoint
 from fleetgate.db.engine import make_engine, migrate
 from fleetgate.errors import ApiError
@@ -33,6 +34,7 @@ from fleetgate.metering.flusher import Flusher
 from fleetgate.metering.iolog import IOLog
 from fleetgate.metering.ledger import SqlLedger
 from fleetgate.metering.outbox import Outbox
+from fleetgate.metering.rating import Rating, names_from_store
 from fleetgate.paths import default_state_dir
 from fleetgate.routing.plugins import make_router
 from fleetgate.tenancy.auth import TenantAuthenticator
@@ -92,7 +94,7 @@ def build_gateway(config: Config, registry: ReplicaRegistry) -> Gateway:
     ledger_engine = (
         store.engine if metering.ledger_url in (None, config.database.url) else make_engine(metering.ledger_url)
     )
-    ledger = SqlLedger(ledger_engine)
+    ledger = SqlLedger(ledger_engine, batch_size=metering.batch_size)
     sinks: list[Sink] = []
     if metering.nats is not None:
         from fleetgate.metering.sinks.nats import NatsSink  # optional dependency: only when configured
@@ -188,9 +190,14 @@ def build_app(gateway: Gateway) -> Starlette:
         *openai.routes(gateway.proxy),
         *iolog_routes(gateway.iolog, gateway.gate.auth.authenticate),
     ]
+    rating = Rating(gateway.ledger.engine, tenant_names=names_from_store(gateway.store))
+    routes += usage_routes(gateway.ledger, rating, gateway.gate.auth.authenticate)
     admin_key = gateway.config.gateway.admin_api_key
     if admin_key is not None:
-        routes.append(Mount("/admin", app=build_admin_app(gateway.store, gateway.registry, admin_key)))
+        admin = build_admin_app(
+            gateway.store, gateway.registry, admin_key, [admin_usage_router(gateway.ledger, rating)]
+        )
+        routes.append(Mount("/admin", app=admin))
     return Starlette(
         routes=routes,
         lifespan=lifespan,

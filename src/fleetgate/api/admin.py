@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header
+from fastapi import APIRouter, Depends, FastAPI, Header
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -57,7 +58,9 @@ class TenantUpsert(BaseModel):
     io_log_retention_days: float | None = None
 
 
-def build_admin_app(store: TenantStore, registry: ReplicaRegistry, admin_key: str) -> FastAPI:
+def build_admin_app(
+    store: TenantStore, registry: ReplicaRegistry, admin_key: str, routers: Sequence[APIRouter] = ()
+) -> FastAPI:
     """The admin API bound to a store; every route needs `Authorization: Bearer <admin key>`."""
     expected = hashlib.sha256(admin_key.encode()).digest()
 
@@ -141,6 +144,9 @@ def build_admin_app(store: TenantStore, registry: ReplicaRegistry, admin_key: st
     @app.get("/fleet", summary="Replicas with their health")
     async def fleet() -> list[dict[str, Any]]:
         return [r.to_json() for r in registry.all()]
+
+    for router in routers:  # before the catch-all below, which would answer 404 for them
+        app.include_router(router)
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
     async def unknown(path: str) -> None:

@@ -121,7 +121,9 @@ def _print_report(report: UsageReport, as_json: bool, as_csv: bool) -> None:
             writer.writerow([*("" if data[c] is None else data[c] for c in CSV_COLUMNS), report.currency or ""])
         return
     cur = report.currency or "-"
-    table = Table("day", "tenant", "model", "requests", "fresh", "cached", "output", f"charge {cur}", "cost", "margin")
+    table = Table("day", "tenant", "model")
+    for header in ("requests", "fresh", "cached", "output", f"charge {cur}", "cost", "margin"):
+        table.add_column(header, justify="right")
     for x in report.lines:
         money = (
             (x.charge, x.cost, x.margin) if not x.unpriced_requests else (f"{x.charge} (unpriced)", x.cost, x.margin)
@@ -347,8 +349,9 @@ def reconcile_cmd(
     if as_json:
         print_json({"replicas": [d.to_json() for d in drifts], "skipped": skipped})
     else:
-        headers = ("requests", "prompt: ledger", "engine", "drift", "output: ledger", "engine", "drift")
-        table = Table("replica", "kind", "since (UTC)", *headers)
+        table = Table("replica", "kind", "since (UTC)")
+        for header in ("requests", "prompt: ledger", "engine", "drift", "output: ledger", "engine", "drift"):
+            table.add_column(header, justify="right")
         for d in drifts:
             start = datetime.fromtimestamp(d.since, UTC).strftime("%Y-%m-%d %H:%M:%S")
             if d.error:

@@ -121,7 +121,7 @@ def _rollups(events: Iterable[UsageEvent]) -> list[dict[str, Any]]:
         acc["cached_tokens"] += e.cached_tokens
         acc["completion_tokens"] += e.completion_tokens
         acc["busy_seconds"] += max(e.ended_at - e.started_at, 0.0)
-        acc[STATUS_COLUMNS.get(e.status, "errors")] += 1
+        acc[STATUS_COLUMNS.get(e.status, "errors")] += 1  # a status newer than this code still gets counted
     # Sorted keys: concurrent writers take row locks in the same order, so they cannot deadlock.
     return [
         {"day": k[0], "tenant_id": k[1], "model": k[2], "adapter": k[3], "gpu_type": k[4], **groups[k]}

