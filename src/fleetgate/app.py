@@ -8,12 +8,13 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from fleetgate.api import openai
@@ -35,6 +36,7 @@ from fleetgate.metering.iolog import IOLog
 from fleetgate.metering.ledger import SqlLedger
 from fleetgate.metering.outbox import Outbox
 from fleetgate.metering.rating import Rating, names_from_store
+from fleetgate.observability.metrics import GatewayMetrics, StateCollector
 from fleetgate.paths import default_state_dir
 from fleetgate.routing.plugins import make_router
 from fleetgate.tenancy.auth import TenantAuthenticator
@@ -63,6 +65,7 @@ class Gateway:
     ledger: SqlLedger
     sinks: list[Sink]
     iolog: IOLog
+    metrics: GatewayMetrics
 
 
 def remote_replicas(engines: list[EngineEndpoint]) -> list[Replica]:
@@ -102,9 +105,13 @@ def build_gateway(config: Config, registry: ReplicaRegistry) -> Gateway:
         sinks.append(NatsSink(metering.nats))
     flusher = Flusher(outbox, ledger, sinks, metering.flush_interval, metering.batch_size)
     iolog = IOLog(config.iolog)
-    proxy = Proxy(config.gateway, registry, make_router(config.gateway.router), client, gate, capture, iolog)
+    metrics = GatewayMetrics(config.observability.max_tenant_labels)
+    proxy = Proxy(config.gateway, registry, make_router(config.gateway.router), client, gate, capture, iolog, metrics)
+    metrics.add_collector(StateCollector(registry, outbox, flusher, iolog, lambda: proxy.in_flight))
     health = HealthChecker(registry, client, config.gateway.health_interval, timeout=2.0)
-    return Gateway(config, registry, client, proxy, health, store, gate, outbox, capture, flusher, ledger, sinks, iolog)
+    return Gateway(
+        config, registry, client, proxy, health, store, gate, outbox, capture, flusher, ledger, sinks, iolog, metrics
+    )
 
 
 async def seed_demo_tenant(config: Config, store: TenantStore) -> None:
@@ -184,8 +191,12 @@ def build_app(gateway: Gateway) -> Starlette:
             {"status": "ready" if healthy else "no healthy replica", "healthy_replicas": healthy}, status_code=status
         )
 
+    async def metrics(request: Request) -> Response:
+        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *openai.routes(gateway.proxy),
         *iolog_routes(gateway.iolog, gateway.gate.auth.authenticate),

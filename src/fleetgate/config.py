@@ -157,6 +157,12 @@ class IOLogConfig(_Strict):
     max_body_bytes: int = Field(65536, ge=1024, description="longer bodies are truncated before storage")
 
 
+class ObservabilityConfig(_Strict):
+    """Metrics settings."""
+
+    max_tenant_labels: int = Field(100, ge=1, description="distinct tenant label values before `other`")
+
+
 class Config(_Strict):
     """The whole fleetgate configuration."""
 
@@ -169,6 +175,7 @@ class Config(_Strict):
     prices: PricesConfig = Field(default_factory=lambda: PricesConfig())
     metering: MeteringConfig = Field(default_factory=lambda: MeteringConfig())
     iolog: IOLogConfig = Field(default_factory=lambda: IOLogConfig())
+    observability: ObservabilityConfig = Field(default_factory=lambda: ObservabilityConfig())
     run_dir: Path | None = None
 
 

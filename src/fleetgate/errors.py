@@ -53,11 +53,13 @@ class ApiError(FleetgateError):
         retry_after: float | None = None,
         status: int | None = None,
         code: ErrorCode | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.retry_after = retry_after
+        self.reason = reason  # machine-readable detail for metrics (e.g. which limit), never shown to clients
         if status is not None:
             self.status = status
         if code is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import Any
 
 import aiohttp
@@ -19,6 +20,7 @@ from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.ids import request_id
 from fleetgate.metering.capture import UsageCapture
 from fleetgate.metering.iolog import IOLog
+from fleetgate.observability.metrics import GatewayMetrics
 from fleetgate.routing.router import RouteDecision, Router, RouteRequest
 from fleetgate.tenancy.auth import Principal
 from fleetgate.tenancy.gate import Admission, TenantGate
@@ -42,6 +44,7 @@ class Proxy:
         gate: TenantGate,
         capture: UsageCapture,
         iolog: IOLog | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.cfg = cfg
         self.registry = registry
@@ -50,6 +53,7 @@ class Proxy:
         self.gate = gate
         self.capture = capture
         self.iolog = iolog
+        self.metrics = metrics
         self.in_flight = 0
 
     async def handle(self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend, endpoint: Endpoint) -> None:
@@ -68,6 +72,8 @@ class Proxy:
                 await self.gate.settle(admission, outcome.usage, outcome.content_events)
         finally:
             self.in_flight -= 1
+            if self.metrics is not None:
+                self.metrics.observe(outcome, outcome.route, time.time())
 
     async def _admit(
         self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend, outcome: RequestOutcome
@@ -90,6 +96,8 @@ class Proxy:
             admission = await self.gate.admit(principal, payload, outcome.request_id)
         except ApiError as err:
             outcome.status, outcome.http_status = "rejected", err.status
+            if err.reason is not None and self.metrics is not None:
+                self.metrics.rejected(outcome.tenant_name, err.reason)
             if principal is not None:
                 self._record(outcome)  # a refused request of a known tenant is worth counting (throttles)
             await send_error(send, err, outcome.request_id)
@@ -183,6 +191,8 @@ class Proxy:
             tried.add(decision.replica.id)
             outcome.attempts = attempt + 1
             outcome.replica = decision.replica
+            # The header carries the full reason; the metric label only its kind, so cardinality stays bounded.
+            outcome.route = f"{decision.policy}:{decision.reason.partition(':')[0]}"
             if not outcome.begun:
                 outcome.begun = True
                 self.capture.begin(outcome.measured(), decision.replica, payload)

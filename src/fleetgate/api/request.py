@@ -29,6 +29,7 @@ class RequestOutcome:
     model: str = ""
     stream: bool = False
     replica: Replica | None = None
+    route: str = "-"
     status: EventStatus = "ok"
     http_status: int = 200
     usage: dict[str, Any] | None = None

@@ -118,6 +118,13 @@ class Flusher:
         """Segment files waiting in the outbox directory."""
         return sum(1 for _ in self.outbox.directory.glob("*.log"))
 
+    def consumer_state(self) -> list[tuple[str, float, int]]:
+        """(name, seconds failing or 0, events delivered) per consumer, for metrics."""
+        now = time.monotonic()
+        return [
+            (c.name, now - c.failing_since if c.failing_since is not None else 0.0, c.delivered) for c in self.consumers
+        ]
+
     def start(self) -> None:
         """Run the delivery loop in the background."""
         self._task = asyncio.create_task(self._loop(), name="fleetgate-flusher")

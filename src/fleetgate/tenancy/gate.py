@@ -53,7 +53,11 @@ class TenantGate:
         cost = cost_micros(price, decision.est_input_tokens, 0, out)
         result = await self.limiter.reserve(tenant.id, request_id, tenant.limits, tokens, cost)
         if isinstance(result, Denial):
-            raise RateLimited(self._explain(result, principal, tokens), retry_after=max(result.retry_after, 0.001))
+            raise RateLimited(
+                self._explain(result, principal, tokens),
+                retry_after=max(result.retry_after, 0.001),
+                reason=result.limit,
+            )
         return Admission(principal, decision, result, price)
 
     def _explain(self, denial: Denial, principal: Principal, tokens: int) -> str:

@@ -1,0 +1,184 @@
+"""Prometheus metrics of the gateway: `fleetgate_*`, base units, bounded tenant label cardinality.
+
+Per-request metrics are observed once, after the response went out. Everything that is a level (replicas,
+outbox, limiter state) is read at scrape time by a collector, so it costs the hot path nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from fleetgate.api.request import RequestOutcome
+    from fleetgate.fleet.replicas import ReplicaRegistry
+    from fleetgate.metering.flusher import Flusher
+    from fleetgate.metering.iolog import IOLog
+    from fleetgate.metering.outbox import Outbox
+
+OTHER = "other"
+# Latency buckets from 5 ms to 2 min: a warm prefix on the local fleet is ~0.1 s, a cold long prompt ~16 s.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+
+
+class TenantLabels:
+    """Caps how many distinct tenant label values the metrics carry; the rest become `other`."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._seen: set[str] = set()
+
+    def __call__(self, tenant: str) -> str:
+        """The label value for a tenant."""
+        if tenant in self._seen:
+            return tenant
+        if len(self._seen) < self.cap:
+            self._seen.add(tenant)
+            return tenant
+        return OTHER
+
+
+class GatewayMetrics:
+    """All of the gateway's own metrics, in one registry served at /metrics."""
+
+    def __init__(self, max_tenant_labels: int = 100) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.tenant_label = TenantLabels(max_tenant_labels)
+        r = self.registry
+        self.requests = Counter(
+            "fleetgate_requests",
+            "Requests by tenant, model, outcome and routing reason.",
+            ["tenant", "model", "status", "route"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "fleetgate_request_duration_seconds",
+            "End-to-end request latency at the gateway.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "fleetgate_time_to_first_token_seconds",
+            "Time from request arrival to the first byte from the engine.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "fleetgate_inter_token_latency_seconds",
+            "Mean time between output tokens, per streamed request.",
+            ["model"],
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "fleetgate_tokens",
+            "Tokens by tenant, model and kind (fresh input, cached input, output).",
+            ["tenant", "model", "kind"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "fleetgate_limit_rejections", "Requests refused by a tenant limit.", ["tenant", "limit"], registry=r
+        )
+
+    def observe(self, outcome: RequestOutcome, route: str, ended_at: float) -> None:
+        """Record one finished request (called after its last byte went out)."""
+        tenant = self.tenant_label(outcome.tenant_name or "unauthenticated")
+        model = outcome.model or "-"
+        self.requests.labels(tenant, model, outcome.status, route).inc()
+        if outcome.status == "rejected" and outcome.replica is None:
+            return
+        self.latency.labels(model).observe(ended_at - outcome.started_at)
+        if outcome.first_byte_at is not None:
+            self.ttft.labels(model).observe(outcome.first_byte_at - outcome.started_at)
+        usage = outcome.usage
+        if usage is None:
+            return
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        details = usage.get("prompt_tokens_details")
+        cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+        self.tokens.labels(tenant, model, "fresh").inc(max(prompt - cached, 0))
+        self.tokens.labels(tenant, model, "cached").inc(cached)
+        self.tokens.labels(tenant, model, "output").inc(completion)
+        if outcome.stream and completion > 1 and outcome.first_byte_at is not None:
+            self.itl.labels(model).observe((ended_at - outcome.first_byte_at) / (completion - 1))
+
+    def rejected(self, tenant: str, limit: str) -> None:
+        """Count a refusal by a tenant limit."""
+        self.rejections.labels(self.tenant_label(tenant), limit).inc()
+
+    def add_collector(self, collector: Collector) -> None:
+        """Register a scrape-time collector (replicas, outbox, ...)."""
+        self.registry.register(collector)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
+
+
+class StateCollector(Collector):
+    """Levels read at scrape time: replicas, the outbox and ledger delivery, the I/O log."""
+
+    def __init__(
+        self,
+        registry: ReplicaRegistry,
+        outbox: Outbox,
+        flusher: Flusher,
+        iolog: IOLog | None,
+        in_flight: Callable[[], int],
+    ) -> None:
+        self._replicas = registry
+        self._outbox = outbox
+        self._flusher = flusher
+        self._iolog = iolog
+        self._in_flight = in_flight
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield the current values."""
+        in_flight = GaugeMetricFamily(
+            "fleetgate_replica_in_flight", "Requests in flight per replica.", labels=["replica"]
+        )
+        healthy = GaugeMetricFamily(
+            "fleetgate_replica_healthy", "1 if the replica passes health checks.", labels=["replica"]
+        )
+        for replica in self._replicas.all():
+            in_flight.add_metric([replica.id], replica.in_flight)
+            healthy.add_metric([replica.id], 1.0 if replica.healthy else 0.0)
+        yield in_flight
+        yield healthy
+        yield GaugeMetricFamily("fleetgate_in_flight_requests", "Requests inside the gateway.", value=self._in_flight())
+        yield GaugeMetricFamily(
+            "fleetgate_outbox_open_requests",
+            "Requests started and not yet finished in the outbox.",
+            value=self._outbox.open_requests,
+        )
+        yield GaugeMetricFamily(
+            "fleetgate_outbox_backlog_segments",
+            "Outbox segment files not yet fully delivered.",
+            value=self._flusher.backlog_segments,
+        )
+        lag = GaugeMetricFamily(
+            "fleetgate_delivery_failing_seconds",
+            "Seconds a consumer (ledger, sink) has been failing; 0 if healthy.",
+            labels=["consumer"],
+        )
+        delivered = GaugeMetricFamily(
+            "fleetgate_delivered_events", "Events delivered by this process per consumer.", labels=["consumer"]
+        )
+        for consumer, failing_for, count in self._flusher.consumer_state():
+            lag.add_metric([consumer], failing_for)
+            delivered.add_metric([consumer], count)
+        yield lag
+        yield delivered
+        if self._iolog is not None:
+            yield GaugeMetricFamily("fleetgate_iolog_dropped", "I/O log records dropped.", value=self._iolog.dropped)
+            yield GaugeMetricFamily(
+                "fleetgate_iolog_write_errors", "I/O log write failures.", value=self._iolog.write_errors
+            )
