@@ -39,6 +39,7 @@ from fleetgate.metering.rating import Rating, names_from_store
 from fleetgate.observability.metrics import GatewayMetrics, StateCollector
 from fleetgate.paths import default_state_dir
 from fleetgate.routing.plugins import make_router
+from fleetgate.scheduling.admission import AdmissionController
 from fleetgate.tenancy.auth import TenantAuthenticator
 from fleetgate.tenancy.gate import TenantGate
 from fleetgate.tenancy.limits.factory import make_limiter
@@ -106,8 +107,12 @@ def build_gateway(config: Config, registry: ReplicaRegistry) -> Gateway:
     flusher = Flusher(outbox, ledger, sinks, metering.flush_interval, metering.batch_size)
     iolog = IOLog(config.iolog)
     metrics = GatewayMetrics(config.observability.max_tenant_labels)
-    proxy = Proxy(config.gateway, registry, make_router(config.gateway.router), client, gate, capture, iolog, metrics)
-    metrics.add_collector(StateCollector(registry, outbox, flusher, iolog, lambda: proxy.in_flight))
+    admission = AdmissionController(config.admission, registry) if config.admission.enabled else None
+    if admission is not None:
+        admission.wait_observer = metrics.observe_wait
+    router = make_router(config.gateway.router)
+    proxy = Proxy(config.gateway, registry, router, client, gate, capture, iolog, metrics, admission)
+    metrics.add_collector(StateCollector(registry, outbox, flusher, iolog, lambda: proxy.in_flight, admission))
     health = HealthChecker(registry, client, config.gateway.health_interval, timeout=2.0)
     return Gateway(
         config, registry, client, proxy, health, store, gate, outbox, capture, flusher, ledger, sinks, iolog, metrics
@@ -161,9 +166,13 @@ def build_app(gateway: Gateway) -> Starlette:
         gateway.flusher.start()
         await gateway.health.check_all()
         gateway.health.start()
+        if gateway.proxy.admission is not None:
+            gateway.proxy.admission.start()
         try:
             yield
         finally:
+            if gateway.proxy.admission is not None:
+                await gateway.proxy.admission.stop()
             await gateway.health.stop()
             await gateway.capture.stop()  # pending finish records (prompt counts of aborted requests)
             await gateway.flusher.stop()  # one last delivery to the ledger, bounded

@@ -157,6 +157,34 @@ class IOLogConfig(_Strict):
     max_body_bytes: int = Field(65536, ge=1024, description="longer bodies are truncated before storage")
 
 
+class AdmissionConfig(_Strict):
+    """Queueing and shedding when the fleet is saturated (fair across tenants, strict across priorities)."""
+
+    enabled: bool = True
+    max_in_flight_per_replica: int | None = Field(
+        None, ge=1, description="null = 2 x the engine's slots when it reports them, else default_in_flight_per_replica"
+    )
+    default_in_flight_per_replica: int = Field(32, ge=1)
+    max_engine_waiting: int = Field(8, ge=1, description="an engine queue this long makes its replica count as full")
+    stale_after: float = Field(5.0, gt=0, description="seconds after which scraped engine metrics are ignored")
+    shed_kv_threshold: float = Field(0.95, gt=0, le=1, description="KV pressure at which batch traffic is shed")
+    max_queue: int = Field(1000, ge=1, description="waiting requests per model before new arrivals are refused")
+    quantum: int = Field(4096, ge=1, description="tokens a weight-1 tenant may be served per round")
+    queue_timeout: dict[str, float] = Field(
+        default_factory=lambda: {"interactive": 30.0, "standard": 60.0, "batch": 300.0},
+        description="seconds a request may wait, per priority",
+    )
+    tick_interval: float = Field(0.1, gt=0)
+
+    @field_validator("queue_timeout")
+    @classmethod
+    def _all_priorities(cls, value: dict[str, float]) -> dict[str, float]:
+        missing = {"interactive", "standard", "batch"} - set(value)
+        if missing:
+            raise ValueError(f"needs a timeout for {', '.join(sorted(missing))}")
+        return value
+
+
 class ObservabilityConfig(_Strict):
     """Metrics settings."""
 
@@ -176,6 +204,7 @@ class Config(_Strict):
     metering: MeteringConfig = Field(default_factory=lambda: MeteringConfig())
     iolog: IOLogConfig = Field(default_factory=lambda: IOLogConfig())
     observability: ObservabilityConfig = Field(default_factory=lambda: ObservabilityConfig())
+    admission: AdmissionConfig = Field(default_factory=lambda: AdmissionConfig())
     run_dir: Path | None = None
 
 

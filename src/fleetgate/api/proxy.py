@@ -14,7 +14,14 @@ from fleetgate.api.asgi import ASGIReceive, ASGISend, read_body, send_error
 from fleetgate.api.relay import Disconnected, relay_stream, relay_whole
 from fleetgate.api.request import ENDPOINT_PATHS, Endpoint, RequestOutcome, parse_request
 from fleetgate.config import GatewayConfig
-from fleetgate.errors import ApiError, ModelNotFound, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from fleetgate.errors import (
+    ApiError,
+    InvalidRequest,
+    ModelNotFound,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from fleetgate.fleet.client import EngineClient
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.ids import request_id
@@ -22,14 +29,19 @@ from fleetgate.metering.capture import UsageCapture
 from fleetgate.metering.iolog import IOLog
 from fleetgate.observability.metrics import GatewayMetrics
 from fleetgate.routing.router import RouteDecision, Router, RouteRequest
+from fleetgate.scheduling.admission import AdmissionController, Slot
+from fleetgate.scheduling.fair_queue import PRIORITIES
 from fleetgate.tenancy.auth import Principal
 from fleetgate.tenancy.gate import Admission, TenantGate
+from fleetgate.tenancy.policy import DEFAULT_OUTPUT_RESERVATION
 
 __all__ = ["Endpoint", "Proxy", "parse_request"]
 
 # Failures where the request never reached the engine's application: safe to send again.
 _RETRYABLE = (aiohttp.ClientConnectionError,)
 _JSON = {"content-type": "application/json"}
+_NOTHING_USED: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}
+_PRIORITY_HEADER_VALUES = {name: index for index, name in enumerate(PRIORITIES)}
 
 
 class Proxy:
@@ -45,6 +57,7 @@ class Proxy:
         capture: UsageCapture,
         iolog: IOLog | None = None,
         metrics: GatewayMetrics | None = None,
+        admission: AdmissionController | None = None,
     ) -> None:
         self.cfg = cfg
         self.registry = registry
@@ -54,6 +67,7 @@ class Proxy:
         self.capture = capture
         self.iolog = iolog
         self.metrics = metrics
+        self.admission = admission
         self.in_flight = 0
 
     async def handle(self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend, endpoint: Endpoint) -> None:
@@ -65,11 +79,17 @@ class Proxy:
             if admitted is None:
                 return
             payload, serving, admission = admitted
+            holder: list[Slot] = []
             try:
-                await self._serve_watching_disconnect(payload, serving, outcome, receive, send)
+                await self._serve_watching_disconnect(payload, serving, outcome, receive, send, admission, holder)
             finally:
+                if holder and self.admission is not None:
+                    self.admission.release(holder[0])
                 self._record(outcome)
-                await self.gate.settle(admission, outcome.usage, outcome.content_events)
+                # A request that never reached an engine (refused in the queue, client left while waiting) costs
+                # nothing; otherwise the engine's usage, or what was counted if it never came.
+                usage = outcome.usage if outcome.begun else _NOTHING_USED
+                await self.gate.settle(admission, usage, outcome.content_events)
         finally:
             self.in_flight -= 1
             if self.metrics is not None:
@@ -81,6 +101,7 @@ class Proxy:
         principal: Principal | None = None
         try:
             principal = await self.gate.authenticate(_header(scope, b"authorization"))
+            _read_scheduling_headers(scope, outcome)
             outcome.tenant_id, outcome.key_id = principal.tenant.id, principal.key.id
             outcome.tenant_name = principal.tenant.external_id
             raw = await read_body(receive, self.cfg.max_body_bytes)
@@ -122,6 +143,21 @@ class Proxy:
                 retention_days=outcome.io_retention_days,
             )
 
+    async def _queue(self, admission: Admission, outcome: RequestOutcome) -> Slot:
+        """Wait for room on the fleet (fair across tenants, strict across priorities), or raise 429/503."""
+        assert self.admission is not None
+        tenant = admission.principal.tenant
+        decision = admission.decision
+        self.admission.check_context(outcome.model, decision.est_input_tokens, decision.max_output_tokens)
+        priority = PRIORITIES.index(tenant.priority)
+        asked = _PRIORITY_HEADER_VALUES.get(outcome.priority_header or "")
+        if asked is not None and asked > priority:
+            priority = asked  # a client may lower its own priority, never raise it
+        cost = decision.est_input_tokens + (decision.max_output_tokens or DEFAULT_OUTPUT_RESERVATION)
+        return await self.admission.acquire(
+            outcome.model, tenant.id, priority, cost, tenant.weight, outcome.queue_timeout
+        )
+
     def _no_replica_for(self, model: str) -> ApiError:
         # An engine never reached has told us no models yet: the model may be its, so don't claim it doesn't exist.
         unknown = [r.id for r in self.registry.all() if not r.models and not r.healthy]
@@ -143,6 +179,8 @@ class Proxy:
         outcome: RequestOutcome,
         receive: ASGIReceive,
         send: ASGISend,
+        admission: Admission,
+        holder: list[Slot],
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -159,6 +197,15 @@ class Proxy:
 
         watcher = asyncio.create_task(watch())
         try:
+            if self.admission is not None:
+                try:
+                    holder.append(await self._queue(admission, outcome))
+                except ApiError as err:
+                    outcome.status, outcome.http_status = "rejected", err.status
+                    if err.reason is not None and self.metrics is not None:
+                        self.metrics.rejected(outcome.tenant_name, err.reason)
+                    await send_error(send, err, outcome.request_id)
+                    return
             await self._serve(payload, serving, outcome, send)
         except asyncio.CancelledError:
             if not state["disconnected"]:
@@ -252,6 +299,17 @@ class Proxy:
             raise UpstreamUnavailable(
                 f"replica {replica.id} could not be reached ({type(exc).__name__})", retry_after=1
             ) from None
+
+
+def _read_scheduling_headers(scope: dict[str, Any], outcome: RequestOutcome) -> None:
+    for key, value in scope["headers"]:
+        if key == b"x-fleetgate-priority":
+            outcome.priority_header = bytes(value).decode("latin-1").strip().lower()
+        elif key == b"x-fleetgate-queue-timeout":
+            try:
+                outcome.queue_timeout = max(0.0, float(bytes(value)))
+            except ValueError:
+                raise InvalidRequest("x-fleetgate-queue-timeout must be a number of seconds") from None
 
 
 def _header(scope: dict[str, Any], name: bytes) -> bytes | None:

@@ -45,6 +45,8 @@ class RequestOutcome:
     request_body: bytes | None = None
     response_parts: list[bytes] | None = None
     io_retention_days: float | None = None
+    priority_header: str | None = None  # x-fleetgate-priority: may lower the tenant's priority
+    queue_timeout: float | None = None  # x-fleetgate-queue-timeout: may shorten the queue deadline
 
     def measured(self) -> Measured:
         """The metering view of this outcome."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import aiohttp
 
@@ -13,6 +14,21 @@ from fleetgate.fleet.engines.registry import adapter_for
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 
 log = logging.getLogger(__name__)
+
+
+def context_of(listing: Any) -> int | None:
+    """The context window an engine reports in its model list: vLLM `max_model_len`, llama.cpp `meta.n_ctx`."""
+    if not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
+        return None
+    found: list[int] = []
+    for item in listing["data"]:
+        if not isinstance(item, dict):
+            continue
+        meta = item.get("meta")
+        value = item.get("max_model_len") or (meta.get("n_ctx") if isinstance(meta, dict) else None)
+        if isinstance(value, int) and value > 0:
+            found.append(value)
+    return min(found) if found else None
 
 
 class HealthChecker:
@@ -31,7 +47,8 @@ class HealthChecker:
         try:
             if adapter.health_path != adapter.models_path:
                 await self._client.get_json(replica.url + adapter.health_path, self._timeout)
-            models = model_ids(await self._client.get_json(replica.url + adapter.models_path, self._timeout))
+            listing = await self._client.get_json(replica.url + adapter.models_path, self._timeout)
+            models = model_ids(listing)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             if replica.healthy:
                 log.warning("replica %s unhealthy: %s", replica.id, exc or type(exc).__name__)
@@ -39,6 +56,7 @@ class HealthChecker:
             return
         if models:
             replica.models = models
+        replica.context_len = context_of(listing) or replica.context_len
         if not replica.healthy:
             log.info("replica %s healthy (%s)", replica.id, ", ".join(sorted(replica.models)))
         replica.mark(True)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from fleetgate.metering.flusher import Flusher
     from fleetgate.metering.iolog import IOLog
     from fleetgate.metering.outbox import Outbox
+    from fleetgate.scheduling.admission import AdmissionController
 
 OTHER = "other"
 # Latency buckets from 5 ms to 2 min: a warm prefix on the local fleet is ~0.1 s, a cold long prompt ~16 s.
@@ -84,7 +85,17 @@ class GatewayMetrics:
             registry=r,
         )
         self.rejections = Counter(
-            "fleetgate_limit_rejections", "Requests refused by a tenant limit.", ["tenant", "limit"], registry=r
+            "fleetgate_limit_rejections",
+            "Requests refused by a tenant limit or by admission (queue_full, deadline, kv_pressure, evicted).",
+            ["tenant", "limit"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "fleetgate_queue_wait_seconds",
+            "Time requests waited for room on the fleet, by priority.",
+            ["priority"],
+            buckets=(0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
         )
 
     def observe(self, outcome: RequestOutcome, route: str, ended_at: float) -> None:
@@ -110,6 +121,10 @@ class GatewayMetrics:
         if outcome.stream and completion > 1 and outcome.first_byte_at is not None:
             self.itl.labels(model).observe((ended_at - outcome.first_byte_at) / (completion - 1))
 
+    def observe_wait(self, priority: str, seconds: float) -> None:
+        """Record how long an admitted request waited in the queue."""
+        self.queue_wait.labels(priority).observe(seconds)
+
     def rejected(self, tenant: str, limit: str) -> None:
         """Count a refusal by a tenant limit."""
         self.rejections.labels(self.tenant_label(tenant), limit).inc()
@@ -133,12 +148,14 @@ class StateCollector(Collector):
         flusher: Flusher,
         iolog: IOLog | None,
         in_flight: Callable[[], int],
+        admission: AdmissionController | None = None,
     ) -> None:
         self._replicas = registry
         self._outbox = outbox
         self._flusher = flusher
         self._iolog = iolog
         self._in_flight = in_flight
+        self._admission = admission
 
     def collect(self) -> Iterable[Metric]:
         """Yield the current values."""
@@ -177,6 +194,21 @@ class StateCollector(Collector):
             delivered.add_metric([consumer], count)
         yield lag
         yield delivered
+        if self._admission is not None:
+            depth = GaugeMetricFamily(
+                "fleetgate_queue_depth",
+                "Requests waiting for room on the fleet (the autoscaling signal).",
+                labels=["model", "tenant", "priority"],
+            )
+            for (model, tenant, priority), n in self._admission.depths().items():
+                depth.add_metric([model, tenant, priority], n)
+            yield depth
+            shed = CounterMetricFamily(
+                "fleetgate_shed", "Requests refused by admission, by reason.", labels=["model", "reason"]
+            )
+            for (model, reason), n in self._admission.shed_counts().items():
+                shed.add_metric([model, reason], n)
+            yield shed
         if self._iolog is not None:
             yield GaugeMetricFamily("fleetgate_iolog_dropped", "I/O log records dropped.", value=self._iolog.dropped)
             yield GaugeMetricFamily(
