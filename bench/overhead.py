@@ -1,21 +1,20 @@
-"""Gateway overhead: fleetgate vs. a direct connection vs. LiteLLM, all in front of one fast fake engine.
+"""Gateway overhead: fleetgate (in-process or Redis limits) vs. a direct connection vs. LiteLLM, one fast fake engine.
 
-Run from the repo root: `.venv/bin/python bench/overhead.py` (full, about 5 minutes plus a one-time LiteLLM
-install), or `--quick` for a smoke test. Everything listens on 127.0.0.1; every process started here is stopped
-by its PID at the end.
+Run from the repo root: `.venv/bin/python bench/overhead.py` (full, about 6 minutes plus a one-time LiteLLM
+install), or `--quick` for a smoke test. `--modes fleetgate,fleetgate-redis` picks the gateway configurations
+(both by default; `fleetgate-redis` needs Redis on 127.0.0.1:6379). Each gateway runs with its own fresh state
+directory, and its demo tenant gets rpm/tpm/concurrency/budget limits (through the admin API) high enough never
+to refuse, so the limits are checked and counted on every request. Everything listens on 127.0.0.1; every process
+started here is stopped by its PID at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import importlib.metadata
 import json
 import os
-import platform
 import resource
-import shlex
 import shutil
 import signal
 import statistics
@@ -23,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 import aiohttp
+import redis
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -38,15 +40,31 @@ import fake_upstream
 from litellm_target import DEFAULT_VENV, MASTER_KEY, ensure_venv, installed_version, start_litellm
 from loadgen import NON_STREAM_BODY, STREAM_BODY, CellResult, Target, check_completion, check_stream, run_cell
 from procs import Child, StartError, cpu_seconds, free_port, machine_busy_seconds, start, wait_ready
+from report import DEFAULT_DOCS, command_line, machine_info, machine_line, update_docs
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Gateway overhead (bench/overhead.py)"
 DEMO_KEY = "fg-demo-0123456789abcdef"
+ADMIN_KEY = "fg-admin-0123456789abcdef"
+DEMO_TENANT = "demo"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_KEY_PREFIX = "fleetgate:lim:"  # fleetgate.tenancy.limits.redis.DEFAULT_PREFIX (the gateway may be a clone)
 # The client never asks for usage, so every proxy must hand it exactly the engine's content and finish chunks.
 EXPECTED_CHUNKS = fake_upstream.EXPECTED_EVENTS
-TARGET_ORDER = ("direct", "fleetgate", "litellm")
-ROLE_OF = {"direct": "engine", "fleetgate": "gateway", "litellm": "litellm"}
+GATEWAY_MODES = ("fleetgate", "fleetgate-redis")
+TARGET_ORDER = ("direct", *GATEWAY_MODES, "litellm")
+ROLE_OF = {"direct": "engine", "fleetgate": "gateway", "fleetgate-redis": "gateway-redis", "litellm": "litellm"}
+# What each gateway mode changes from the defaults. fail_closed: a Redis problem shows up as errors in the table
+# instead of the gateway quietly deciding in-process (fail_open, the default) while the row says "Redis".
+MODE_ENV: dict[str, dict[str, str]] = {
+    "fleetgate": {},
+    "fleetgate-redis": {"FLEETGATE_LIMITS__BACKEND": "redis", "FLEETGATE_LIMITS__ON_REDIS_ERROR": "fail_closed"},
+}
+# A price for the fake engine's model, so every request also moves the tenant's budget counter.
+PRICE_ENV = {"FLEETGATE_PRICES__MODELS__FAKE__INPUT": "0.10", "FLEETGATE_PRICES__MODELS__FAKE__OUTPUT": "0.20"}
+# High enough never to refuse at any rate this benchmark reaches (a bucket holds a minute of traffic, full at the
+# start), yet every limit is checked and counted on every request.
+DEMO_LIMITS: dict[str, Any] = {"rpm": 10_000_000, "tpm": 10_000_000_000, "max_concurrency": 100_000, "budget": 1e9}
+KEY_CACHE_POLL = 0.5  # tenancy.poll_interval: how soon a gateway sees an admin change
 
 # The goals this benchmark checks (see the verdict lines in the report).
 MAX_ADDED_P50_MS = 1.0
@@ -54,9 +72,9 @@ MIN_RATE_VS_DIRECT = 0.60
 MIN_RATE_VS_LITELLM = 10.0
 MAX_CPU_MS_PER_CHUNK = 0.05
 
-# Wide enough for the table when the output goes to a file or a pipe, where Rich would assume 80 columns.
 T = TypeVar("T")
 
+# Wide enough for the table when the output goes to a file or a pipe, where Rich would assume 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
@@ -68,6 +86,8 @@ class Settings:
     warmup: float
     rounds: int
     concurrency: list[int]
+    modes: list[str]
+    redis_url: str
     litellm: bool
     litellm_venv: Path
     burst: bool
@@ -84,7 +104,8 @@ class Run:
     settings: Settings
     meta: dict[str, Any]
     cells: list[CellResult] = field(default_factory=list)
-    litellm_note: str = ""
+    notes: dict[str, str] = field(default_factory=dict)  # target -> why it shows n/a
+    checks: dict[str, str] = field(default_factory=dict)  # gateway mode -> how its limits were shown to work
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -94,6 +115,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--warmup", type=float, default=None, help="seconds of unmeasured load before each cell")
     p.add_argument("--rounds", type=int, default=3, help="rounds over all cells; medians are reported (default 3)")
     p.add_argument("--concurrency", default="1,32", help="comma-separated client concurrencies (default 1,32)")
+    p.add_argument(
+        "--modes",
+        default=",".join(GATEWAY_MODES),
+        help=f"comma-separated gateway modes to measure, of {','.join(GATEWAY_MODES)} (default: all)",
+    )
+    p.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help=f"Redis of fleetgate-redis ({DEFAULT_REDIS_URL})")
     p.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM comparison")
     p.add_argument("--litellm-venv", type=Path, default=DEFAULT_VENV, help=f"LiteLLM's venv (default {DEFAULT_VENV})")
     p.add_argument("--burst", action="store_true", help="fake engine sends each stream in one write, not per event")
@@ -111,16 +138,20 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         p.error(f"--concurrency takes comma-separated integers, not {a.concurrency!r}")
     if not concurrency or min(concurrency) < 1 or a.duration <= 0 or a.rounds < 1:
         p.error("--concurrency needs positive integers; --duration and --rounds must be positive")
+    modes = {m.strip() for m in a.modes.split(",") if m.strip()}
+    if not modes or modes - set(GATEWAY_MODES):
+        p.error(f"--modes takes a comma-separated subset of {','.join(GATEWAY_MODES)}, not {a.modes!r}")
     docs: Path | None = a.docs or DEFAULT_DOCS
-    if a.no_docs or (a.quick and a.docs is None):
-        docs = None  # a smoke test must not overwrite real numbers
-    python = Path(sys.executable)
-    shown_python = os.path.relpath(python) if python.is_relative_to(Path.cwd()) else str(python)
+    # A smoke test or a run without every gateway mode must not overwrite the full numbers.
+    if a.no_docs or (a.docs is None and (a.quick or modes != set(GATEWAY_MODES))):
+        docs = None
     return Settings(
         duration=a.duration,
         warmup=a.warmup if a.warmup is not None else min(1.0, max(0.2, a.duration / 5)),
         rounds=a.rounds,
         concurrency=concurrency,
+        modes=[m for m in GATEWAY_MODES if m in modes],
+        redis_url=a.redis_url,
         litellm=not a.no_litellm,
         litellm_venv=a.litellm_venv,
         burst=a.burst,
@@ -128,64 +159,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         docs_path=docs,
         keep_logs=a.keep_logs,
         # PYTHONPATH decides which fleetgate the gateway runs (see fleetgate_source), so it belongs to the command.
-        command=" ".join(
-            ([f"PYTHONPATH={shlex.quote(os.environ['PYTHONPATH'])}"] if os.environ.get("PYTHONPATH") else [])
-            + [shlex.join([shown_python, *sys.argv])]
-        ),
+        command=command_line(),
     )
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU count and model, load average and versions, for the report header."""
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for dist in ("fleetgate", "aiohttp", "uvicorn", "starlette", "uvloop", "httptools"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = "-"
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "fleetgate_source": fleetgate_source(),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "loadavg_start": os.getloadavg(),
-        "versions": versions,
-    }
-
-
-def fleetgate_source() -> str:
-    """Which fleetgate code the gateway runs: its git commit (and whether its src/ differs from it), else its path."""
-    probe = subprocess.run(
-        [sys.executable, "-c", "import fleetgate; print(fleetgate.__file__)"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if probe.returncode != 0:
-        return "fleetgate does not import: " + (probe.stderr.strip().splitlines() or ["?"])[-1]
-    package = Path(probe.stdout.strip()).resolve().parent
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=60)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    head = git("rev-parse", "--short", "HEAD")
-    if not head:
-        return f"fleetgate from {package}"
-    top = Path(git("rev-parse", "--show-toplevel"))
-    where = "" if top == REPO else f" in {top}"
-    dirty = git("status", "--porcelain", "--", str(package))
-    return f"git {head}{where}" + (" + uncommitted changes" if dirty else "")
 
 
 def start_upstream(workdir: Path, burst: bool) -> tuple[Child, int]:
@@ -210,24 +185,131 @@ def start_upstream(workdir: Path, burst: bool) -> tuple[Child, int]:
     return child, port
 
 
-def start_gateway(workdir: Path, upstream_port: int) -> tuple[Child, int]:
-    """Start `fleetgate up` in front of the fake engine, isolated from any real stack, and wait for /readyz."""
+def start_gateway(workdir: Path, upstream_port: int, mode: str, redis_url: str) -> tuple[Child, int]:
+    """Start `fleetgate up` in `mode` in front of the fake engine, with its own fresh state dir; wait for /readyz."""
     exe = Path(sys.executable).parent / "fleetgate"
     fleetgate = str(exe) if exe.exists() else shutil.which("fleetgate")
     if fleetgate is None:
         raise StartError("no `fleetgate` command next to this Python or on PATH; install the package first")
     port = free_port()
-    # Defaults only: no FLEETGATE_* overrides from this shell, no fleetgate.yaml (the working directory is ours).
+    home = workdir / mode
+    home.mkdir(parents=True, exist_ok=True)
+    # Defaults plus this mode's settings only: no FLEETGATE_* overrides from this shell, no fleetgate.yaml (the
+    # working directory is ours), and a state dir of its own, so the SQLite database and the outbox start empty.
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")}
-    env["FLEETGATE_RUN_DIR"] = str(workdir / "run")
+    env.update(PRICE_ENV)
+    env.update(MODE_ENV[mode])
+    env["FLEETGATE_STATE_DIR"] = str(home / "state")
+    env["FLEETGATE_RUN_DIR"] = str(home / "run")
+    if mode == "fleetgate-redis":
+        env["FLEETGATE_LIMITS__REDIS_URL"] = redis_url
     args = [fleetgate, "up", "--engine", f"http://127.0.0.1:{upstream_port}", "--port", str(port), "--no-self-test"]
-    child = start("fleetgate", args, workdir / "fleetgate.log", env=env, cwd=workdir)
+    child = start(mode, args, workdir / f"{mode}.log", env=env, cwd=home)
     try:
         wait_ready(child, f"http://127.0.0.1:{port}/readyz", 60)
     except BaseException:
         child.stop()
         raise
     return child, port
+
+
+def _http(method: str, url: str, key: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+    """One request to 127.0.0.1 with a bearer key; (status, body)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("authorization", f"Bearer {key}")
+    request.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+def put_demo_limits(port: int, limits: dict[str, Any]) -> dict[str, Any]:
+    """`PUT /admin/tenants/demo` with these limits and `models: ["*"]`; return the tenant as the API shows it."""
+    body = {"name": "Demo tenant", "models": ["*"], **limits}
+    status, data = _http("PUT", f"http://127.0.0.1:{port}/admin/tenants/{DEMO_TENANT}", ADMIN_KEY, body)
+    if status not in (200, 201):
+        raise RuntimeError(f"PUT /admin/tenants/{DEMO_TENANT} answered HTTP {status}: {data[:300]!r}")
+    tenant: dict[str, Any] = json.loads(data)
+    wrong = {k: (v, tenant.get(k)) for k, v in limits.items() if tenant.get(k) != v}
+    if wrong or tenant.get("models") != ["*"]:
+        raise RuntimeError(f"the demo tenant did not take the limits (wanted, got): {wrong}, models {tenant['models']}")
+    return tenant
+
+
+def _chat_status(port: int) -> int:
+    status, _ = _http("POST", f"http://127.0.0.1:{port}/v1/chat/completions", DEMO_KEY, json.loads(NON_STREAM_BODY))
+    return status
+
+
+def _until(port: int, want: int, timeout: float) -> int:
+    """Send requests until one answers HTTP `want`; return how many it took, or raise RuntimeError."""
+    deadline = time.monotonic() + timeout
+    sent = 0
+    while time.monotonic() < deadline:
+        sent += 1
+        status = _chat_status(port)
+        if status == want:
+            return sent
+        if status not in (200, 429):
+            raise RuntimeError(f"a chat request answered HTTP {status} while checking the demo tenant's limits")
+        time.sleep(0.05)
+    raise RuntimeError(f"no HTTP {want} within {timeout:.0f}s while checking the demo tenant's limits")
+
+
+def configure_limits(mode: str, port: int) -> tuple[str, str]:
+    """Show the gateway enforces the demo tenant's limits (rpm 1 must answer 429), then set the benchmark's high
+    limits and wait until requests pass again; return (the tenant id, what was shown)."""
+    put_demo_limits(port, {**DEMO_LIMITS, "rpm": 1})
+    refused_after = _until(port, 429, timeout=20 * KEY_CACHE_POLL)
+    tenant = put_demo_limits(port, DEMO_LIMITS)
+    _until(port, 200, timeout=20 * KEY_CACHE_POLL)
+    # The key cache now holds the new limits (a 200 needs rpm > 1); one more poll interval for good measure.
+    time.sleep(2 * KEY_CACHE_POLL)
+    shown = f"with rpm 1 request {refused_after} got HTTP 429; then {_limits_text(DEMO_LIMITS)} let requests through"
+    console.print(f"{mode}: limits enforced ({shown})")
+    return str(tenant["id"]), shown
+
+
+def _limits_text(limits: dict[str, Any]) -> str:
+    return (
+        f"rpm {limits['rpm']:,}, tpm {limits['tpm']:,}, max_concurrency {limits['max_concurrency']:,}, "
+        f"budget {limits['budget']:,.0f}/month"
+    )
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A short-timeout client for checks and clean-up (the gateway has its own)."""
+    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+
+
+def redis_pid(url: str) -> int | None:
+    """The Redis server's process id (its CPU is reported next to fleetgate-redis), or None if unreachable."""
+    try:
+        with redis_client(url) as client:
+            return int(client.info("server")["process_id"])
+    except (redis.RedisError, OSError, KeyError, ValueError):
+        return None
+
+
+def redis_spend(url: str, tenant_id: str) -> int:
+    """Budget spend (micros) this run's demo tenant has in Redis, summed over its month keys."""
+    total = 0
+    with redis_client(url) as client:
+        for key in client.scan_iter(match=f"{REDIS_KEY_PREFIX}{{{tenant_id}}}:spend:*", count=1000):
+            total += int(client.get(key) or 0)
+    return total
+
+
+def drop_redis_keys(url: str, tenant_id: str) -> int:
+    """Delete the limiter keys of this run's demo tenant (a fresh id, so nothing else matches); return how many."""
+    with redis_client(url) as client:
+        keys = list(client.scan_iter(match=f"{REDIS_KEY_PREFIX}{{{tenant_id}}}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    return len(keys)
 
 
 async def sanity_check(target: Target) -> str | None:
@@ -273,8 +355,8 @@ async def measure(run: Run, targets: list[Target], upstream_port: int, probe: Ca
                 continue
             if t.name != "litellm":
                 raise RuntimeError(f"{t.name} failed its sanity check: {problem}")
-            run.litellm_note = f"failed its sanity check: {problem}"
-            console.print(f"[yellow]LiteLLM {escape(run.litellm_note)}; reporting n/a for it[/]")
+            run.notes["litellm"] = f"failed its sanity check: {problem}"
+            console.print(f"[yellow]LiteLLM {escape(run.notes['litellm'])}; reporting n/a for it[/]")
             await t.close()
             targets.remove(t)
         cells = [(c, stream) for c in s.concurrency for stream in (False, True)]
@@ -306,7 +388,7 @@ def _progress(rnd: int, rounds: int, cell: CellResult) -> None:
     errors = f" [red]errors {cell.errors} {cell.error_kinds}[/]" if cell.errors else ""
     console.print(
         f"  round {rnd + 1}/{rounds} c={cell.concurrency:<3} {'stream' if cell.stream else 'whole '} "
-        f"{cell.target:<9} {cell.rps:8.0f} req/s  p50 {summ['p50_ms']:.2f} p99 {summ['p99_ms']:.2f}{ttfb} ms"
+        f"{cell.target:<15} {cell.rps:8.0f} req/s  p50 {summ['p50_ms']:.2f} p99 {summ['p99_ms']:.2f}{ttfb} ms"
         f"  client CPU {cell.cpu.get('client', 0) / cell.elapsed:.0%}"
         f"  other CPU {background_cpu(cell) / cell.elapsed:.0%}{errors}"
     )
@@ -348,6 +430,10 @@ def aggregate(run: Run) -> dict[tuple[str, int, bool], dict[str, Any]]:
             ),
             "other_cpu_share": _median([background_cpu(c) / c.elapsed for c in cells]),
             "engine_cpu_share": _median([c.cpu.get("engine", 0.0) / c.elapsed for c in cells]),
+            # The Redis server's CPU while this target ran (it is not in the gateway's process tree).
+            "redis_cpu_ms_per_req": _median(
+                [c.cpu["redis"] / c.requests * 1e3 if c.requests and "redis" in c.cpu else None for c in cells]
+            ),
             "requests": sum(c.requests for c in cells),
             "errors": sum(c.errors for c in cells),
             "upstream_conns_opened": sum(c.upstream_conns or 0 for c in cells),
@@ -371,54 +457,94 @@ class Verdict:
         return f"{word} {self.goal}: {self.measured}"
 
 
-def verdicts(agg: dict[tuple[str, int, bool], dict[str, Any]], s: Settings, litellm_note: str) -> list[Verdict]:
-    """Check the measured medians against the goals."""
-    lo, hi = min(s.concurrency), max(s.concurrency)
+def verdicts(agg: dict[tuple[str, int, bool], dict[str, Any]], s: Settings, notes: dict[str, str]) -> list[Verdict]:
+    """Check the measured medians of every gateway mode against the goals."""
+    out: list[Verdict] = []
+    for mode in s.modes:
+        out += _mode_verdicts(agg, s, notes, mode)
+    return out
 
+
+def _getter(agg: dict[tuple[str, int, bool], dict[str, Any]]) -> Callable[[str, int, bool, str], float | None]:
     def get(target: str, c: int, stream: bool, metric: str) -> float | None:
         row = agg.get((target, c, stream))
         return None if row is None else row.get(metric)
 
+    return get
+
+
+def _mode_verdicts(
+    agg: dict[tuple[str, int, bool], dict[str, Any]], s: Settings, notes: dict[str, str], mode: str
+) -> list[Verdict]:
+    """The four goals for one gateway mode (`fleetgate`, `fleetgate-redis`)."""
+    lo, hi = min(s.concurrency), max(s.concurrency)
+    get = _getter(agg)
+    why = f" ({mode} n/a: {notes[mode]})" if mode in notes else ""
     out: list[Verdict] = []
-    added = {m: _diff(get("fleetgate", lo, m, "p50_ms"), get("direct", lo, m, "p50_ms")) for m in (False, True)}
+    added = {m: _diff(get(mode, lo, m, "p50_ms"), get("direct", lo, m, "p50_ms")) for m in (False, True)}
     out.append(
         Verdict(
-            f"added p50 <= {MAX_ADDED_P50_MS:g} ms at c={lo}",
+            f"{mode}: added p50 <= {MAX_ADDED_P50_MS:g} ms at c={lo}",
             f"{_ms(added[False], '+.2f')} ms non-stream, "
-            f"{_ms(added[True], '+.2f')} ms stream (to the end of the stream)",
+            f"{_ms(added[True], '+.2f')} ms stream (to the end of the stream){why}",
             _all_ok(v <= MAX_ADDED_P50_MS if v is not None else None for v in added.values()),
         )
     )
-    share = {m: _ratio(get("fleetgate", hi, m, "rps"), get("direct", hi, m, "rps")) for m in (False, True)}
+    share = {m: _ratio(get(mode, hi, m, "rps"), get("direct", hi, m, "rps")) for m in (False, True)}
     client = max((get("direct", hi, m, "client_cpu_share") or 0.0) for m in (False, True))
     out.append(
         Verdict(
-            f"rate through the gateway >= {MIN_RATE_VS_DIRECT:.0%} of direct at c={hi}",
+            f"{mode}: rate through the gateway >= {MIN_RATE_VS_DIRECT:.0%} of direct at c={hi}",
             f"{_pct(share[False])} non-stream, {_pct(share[True])} stream"
             # Then "direct" measures the load generator's ceiling, not the engine's: say so next to the ratio.
-            + (f" (direct is bound by the load generator: up to {client:.0%} of a core)" if client >= 0.8 else ""),
+            + (f" (direct is bound by the load generator: up to {client:.0%} of a core)" if client >= 0.8 else "")
+            + why,
             _all_ok(v >= MIN_RATE_VS_DIRECT if v is not None else None for v in share.values()),
         )
     )
-    vs = {m: _ratio(get("fleetgate", hi, m, "rps"), get("litellm", hi, m, "rps")) for m in (False, True)}
+    vs = {m: _ratio(get(mode, hi, m, "rps"), get("litellm", hi, m, "rps")) for m in (False, True)}
     out.append(
         Verdict(
-            f"rate >= {MIN_RATE_VS_LITELLM:g}x LiteLLM's at c={hi}",
+            f"{mode}: rate >= {MIN_RATE_VS_LITELLM:g}x LiteLLM's at c={hi}",
             f"{_times(vs[False])} non-stream, {_times(vs[True])} stream"
-            + (f" (LiteLLM n/a: {litellm_note})" if litellm_note else ""),
+            + (f" (LiteLLM n/a: {notes['litellm']})" if "litellm" in notes else "")
+            + why,
             _all_ok(v >= MIN_RATE_VS_LITELLM if v is not None else None for v in vs.values()),
         )
     )
-    per_chunk = get("fleetgate", hi, True, "cpu_ms_per_chunk")
-    per_chunk_lo = get("fleetgate", lo, True, "cpu_ms_per_chunk")
+    per_chunk = get(mode, hi, True, "cpu_ms_per_chunk")
+    per_chunk_lo = get(mode, lo, True, "cpu_ms_per_chunk")
     out.append(
         Verdict(
-            f"gateway CPU <= {MAX_CPU_MS_PER_CHUNK:g} ms per streamed chunk (c={hi})",
-            f"{_ms(per_chunk, '.3f')} ms at c={hi} ({_ms(per_chunk_lo, '.3f')} ms at c={lo})",
+            f"{mode}: gateway CPU <= {MAX_CPU_MS_PER_CHUNK:g} ms per streamed chunk (c={hi})",
+            f"{_ms(per_chunk, '.3f')} ms at c={hi} ({_ms(per_chunk_lo, '.3f')} ms at c={lo}){why}",
             None if per_chunk is None else per_chunk <= MAX_CPU_MS_PER_CHUNK,
         )
     )
     return out
+
+
+def redis_comparison(agg: dict[tuple[str, int, bool], dict[str, Any]], s: Settings) -> list[str]:
+    """What the Redis back end costs over in-process limits, from the same cells (empty unless both ran)."""
+    get = _getter(agg)
+    lo, hi = min(s.concurrency), max(s.concurrency)
+    if not all(get(m, lo, False, "p50_ms") is not None for m in GATEWAY_MODES):
+        return []
+    lines = []
+    for stream in (False, True):
+        mode = "stream" if stream else "non-stream"
+        p50 = _diff(get("fleetgate-redis", lo, stream, "p50_ms"), get("fleetgate", lo, stream, "p50_ms"))
+        rate = _ratio(get("fleetgate-redis", hi, stream, "rps"), get("fleetgate", hi, stream, "rps"))
+        cpu = _diff(
+            get("fleetgate-redis", hi, stream, "cpu_ms_per_req"), get("fleetgate", hi, stream, "cpu_ms_per_req")
+        )
+        redis_cpu = get("fleetgate-redis", hi, stream, "redis_cpu_ms_per_req")
+        lines.append(
+            f"Redis limits vs in-process, {mode}: p50 {_ms(p50, '+.2f')} ms at c={lo}; rate {_pct(rate)} of "
+            f"in-process at c={hi}; gateway CPU {_ms(cpu, '+.3f')} ms/req, plus {_ms(redis_cpu, '.3f')} ms/req "
+            f"in the Redis server (c={hi})"
+        )
+    return lines
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
@@ -469,9 +595,10 @@ COLUMNS = (
 
 
 def table_rows(
-    agg: dict[tuple[str, int, bool], dict[str, Any]], s: Settings, litellm_note: str
+    agg: dict[tuple[str, int, bool], dict[str, Any]], s: Settings, notes: dict[str, str]
 ) -> list[tuple[str, ...]]:
-    """One row per target and cell; LiteLLM shows n/a (with the reason in the notes) when it could not run."""
+    """One row per target and cell; a target that could not run shows n/a (with the reason in the notes)."""
+    wanted = {"direct", *s.modes, *(["litellm"] if s.litellm else [])}
     rows: list[tuple[str, ...]] = []
     for c in s.concurrency:
         for stream in (False, True):
@@ -480,7 +607,7 @@ def table_rows(
                 label = f"{name} (engine CPU)" if name == "direct" else name
                 mode = "stream" if stream else "non-stream"
                 if row is None:
-                    if name == "litellm":
+                    if name in wanted or name in notes:
                         rows.append((label, mode, str(c), "n/a", *("-",) * (len(COLUMNS) - 4)))
                     continue
                 rows.append(
@@ -503,15 +630,17 @@ def table_rows(
 
 
 def print_report(run: Run, agg: dict[tuple[str, int, bool], dict[str, Any]], checks: list[Verdict]) -> None:
-    """The Rich table and the verdicts."""
+    """The Rich table, the notes and the verdicts."""
     table = Table(title="Gateway overhead (medians over rounds)", header_style="bold")
     for col in COLUMNS:
         table.add_column(col, justify="left" if col in ("target", "mode") else "right")
-    for row in table_rows(agg, run.settings, run.litellm_note):
+    for row in table_rows(agg, run.settings, run.notes):
         table.add_row(*row)
     console.print(table)
-    if run.litellm_note:
-        console.print(f"LiteLLM: n/a ({escape(run.litellm_note)})")
+    for name, why in run.notes.items():
+        console.print(f"{name}: n/a ({escape(why)})")
+    for line in redis_comparison(agg, run.settings):
+        console.print(escape(line))
     for v in checks:
         colour = {True: "green", False: "red", None: "yellow"}[v.ok]
         console.print(f"[{colour}]{escape(v.line())}[/]")
@@ -520,39 +649,48 @@ def print_report(run: Run, agg: dict[tuple[str, int, bool], dict[str, Any]], che
 def markdown_section(run: Run, agg: dict[tuple[str, int, bool], dict[str, Any]], checks: list[Verdict]) -> str:
     """The docs section: setup, machine, command, table, verdicts."""
     s, m = run.settings, run.meta
-    la0, la1 = m["loadavg_start"], m.get("loadavg_end", (float("nan"),) * 3)
+    gateways = " and ".join(f"`{mode}`" for mode in s.modes)
     lines = [
         SECTION,
         "",
-        f"Measured {m['date']} on {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, "
-        f"fleetgate {m['versions']['fleetgate']} ({m['fleetgate_source']}); "
-        f"load average {_loadavg(la0)} at start, {_loadavg(la1)} at end.",
+        machine_line(m),
         "",
         f"Command: `{s.command}`",
         "",
         "Setup: a fake OpenAI engine (raw asyncio on uvloop, precomputed answers; a stream is "
         f"{fake_upstream.CONTENT_CHUNKS} content chunks + a finish chunk + a usage chunk when asked + `[DONE]`, "
         + ("all in one write" if s.burst else "one write per event, no delay")
-        + "), reached directly, through `fleetgate up --engine ...`"
+        + f"), reached directly, through `fleetgate up --engine ...` as {gateways}"
         + (
             f" and through LiteLLM proxy {m.get('litellm_version', '?')} (`litellm[proxy]` from PyPI, its default "
             "single uvicorn process, no database, access log off)"
             if s.litellm
             else ""
         )
-        + f". A closed-loop aiohttp client in one process; the targets run back to back in each cell "
+        + ". Each gateway runs from defaults with its own fresh `FLEETGATE_STATE_DIR` (new SQLite database and "
+        "outbox); `fleetgate` decides limits in-process (`limits.backend: memory`), `fleetgate-redis` in Redis "
+        f"(`FLEETGATE_LIMITS__BACKEND=redis`, `{s.redis_url}`"
+        + (f", Redis {m['redis_version']}" if m.get("redis_version") else "")
+        + ", with `on_redis_error: fail_closed` so a Redis problem would show as errors rather than as in-process "
+        "numbers under the Redis label). Before measuring, the benchmark gives the demo tenant limits through "
+        f'`PUT /admin/tenants/demo` (`models: ["*"]`, {_limits_text(DEMO_LIMITS)}) and shows each gateway '
+        "enforces them: with rpm 1 a request is refused with HTTP 429, with the high limits requests pass again. "
+        "The fake model gets a price (0.10 / 0.20 per 1M input / output tokens), so every request also moves the "
+        "budget counter. "
+        f"A closed-loop aiohttp client in one process; the targets run back to back in each cell "
         f"({s.warmup:g} s warm-up, {s.duration:g} s measured), {s.rounds} round(s), medians shown. "
         "Client, engine and proxy share the same CPUs, so rates are relative, not absolute capacity. "
         "Latency is to the last byte (end of stream); TTFB is to the first body byte. "
         "CPU is utime+stime from /proc of the proxy's process tree (of the fake engine for `direct`) over the cell, "
-        f"divided by requests and by chunks received ({EXPECTED_CHUNKS} per stream). "
+        f"divided by requests and by chunks received ({EXPECTED_CHUNKS} per stream); for `fleetgate-redis` it does "
+        "not include the Redis server (shown below the table). "
         "Client CPU is what the load generator used, other CPU what the rest of the machine used meanwhile "
         "(busy time from /proc/stat minus ours), both as a share of one core.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "| " + " | ".join("---" if c in ("target", "mode") else "---:" for c in COLUMNS) + " |",
     ]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(agg, s, run.litellm_note)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(agg, s, run.notes)]
     lines.append("")
     noise = max((row["other_cpu_share"] or 0.0) for row in agg.values()) if agg else 0.0
     if noise >= 0.25:
@@ -561,34 +699,14 @@ def markdown_section(run: Run, agg: dict[tuple[str, int, bool], dict[str, Any]],
             "the targets were interleaved so that load hit all of them, but absolute numbers are noisier.",
             "",
         ]
-    if run.litellm_note:
-        lines += [f"LiteLLM: n/a ({run.litellm_note}).", ""]
+    for name, why in run.notes.items():
+        lines += [f"{name}: n/a ({why}).", ""]
+    for mode, shown in run.checks.items():
+        lines += [f"{mode} limits: {shown}.", ""]
+    lines += [f"{line}.\n" for line in redis_comparison(agg, s)]
     lines += [f"- {v.line(markdown=True)}" for v in checks]
     lines.append("")
     return "\n".join(lines)
-
-
-def _loadavg(values: Sequence[float]) -> str:
-    return " / ".join(f"{v:.2f}" for v in values)
-
-
-def update_docs(path: Path, section: str) -> None:
-    """Replace this benchmark's section in `path` (up to the next `## ` heading), or append it."""
-    header = (
-        "# Benchmarks\n\nMeasured numbers. Each section is written by the script named in its heading; "
-        "rerun that script to refresh it.\n\n"
-    )
-    text = path.read_text() if path.exists() else header
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
 
 
 def dump_json(path: Path, run: Run, agg: dict[tuple[str, int, bool], dict[str, Any]], checks: list[Verdict]) -> None:
@@ -596,9 +714,11 @@ def dump_json(path: Path, run: Run, agg: dict[tuple[str, int, bool], dict[str, A
     data = {
         "meta": run.meta,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(run.settings).items()},
-        "litellm_note": run.litellm_note,
+        "notes": run.notes,
+        "limit_checks": run.checks,
         "cells": [{**c.summary(), "cpu_role": ROLE_OF[c.target]} for c in run.cells],
         "medians": [{"target": k[0], "concurrency": k[1], "stream": k[2], **v} for k, v in sorted(agg.items())],
+        "redis_comparison": redis_comparison(agg, run.settings),
         "verdicts": [{"goal": v.goal, "measured": v.measured, "ok": v.ok} for v in checks],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -631,12 +751,35 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(_cancel_on_sigterm(coro))
 
 
+def start_gateways(run: Run, workdir: Path, upstream_port: int, children: list[Child]) -> list[tuple[str, int, int]]:
+    """Start each gateway mode and prove its limits work; return (mode, pid, port) of those that run."""
+    s = run.settings
+    started: list[tuple[str, int, int]] = []
+    for mode in s.modes:
+        if mode == "fleetgate-redis":
+            pid = redis_pid(s.redis_url)
+            if pid is None:
+                run.notes[mode] = f"Redis at {s.redis_url} unreachable"
+                console.print(f"[yellow]{mode}: {escape(run.notes[mode])}; reporting n/a for it[/]")
+                continue
+            with redis_client(s.redis_url) as client:
+                run.meta["redis_version"] = client.info("server").get("redis_version")
+            run.meta["redis_pid"] = pid
+        gateway, port = start_gateway(workdir, upstream_port, mode, s.redis_url)
+        children.append(gateway)
+        console.print(f"{mode}: pid {gateway.pid} on :{port}, state in {workdir / mode}")
+        tenant_id, run.checks[mode] = configure_limits(mode, port)
+        run.meta.setdefault("demo_tenant_ids", {})[mode] = tenant_id
+        started.append((mode, gateway.pid, port))
+    return started
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Start the fake engine, the gateway and LiteLLM, measure, report, and stop them all."""
+    """Start the fake engine, the gateways and LiteLLM, measure, report, and stop them all."""
     settings = parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, through the finally below that stops every child.
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    run = Run(settings, machine_info())
+    run = Run(settings, machine_info(("aiohttp", "uvicorn", "starlette", "uvloop", "httptools", "redis")))
     workdir = Path(tempfile.mkdtemp(prefix="fleetgate-bench-"))
     children: list[Child] = []
     failed = True
@@ -649,30 +792,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 run.meta["litellm_version"] = installed_version(settings.litellm_venv)
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-                run.litellm_note = f"could not be installed: {str(exc).strip().splitlines()[0][:200]}"
-                console.print(f"[yellow]LiteLLM {escape(run.litellm_note)}[/]")
+                run.notes["litellm"] = f"could not be installed: {str(exc).strip().splitlines()[0][:200]}"
+                console.print(f"[yellow]LiteLLM {escape(run.notes['litellm'])}[/]")
         else:
-            run.litellm_note = "skipped (--no-litellm or --quick)"
+            run.notes["litellm"] = "skipped (--no-litellm or --quick)"
         upstream, upstream_port = start_upstream(workdir, settings.burst)
         children.append(upstream)
-        gateway, gateway_port = start_gateway(workdir, upstream_port)
-        children.append(gateway)
-        console.print(
-            f"fake engine: pid {upstream.pid} on :{upstream_port}; fleetgate: pid {gateway.pid} on :{gateway_port}"
-        )
-        targets = [
-            Target("direct", f"http://127.0.0.1:{upstream_port}", None, "engine"),
-            Target("fleetgate", f"http://127.0.0.1:{gateway_port}", DEMO_KEY, "gateway"),
-        ]
-        roles = {"engine": upstream.pid, "gateway": gateway.pid}
+        console.print(f"fake engine: pid {upstream.pid} on :{upstream_port}")
+        targets = [Target("direct", f"http://127.0.0.1:{upstream_port}", None, "engine")]
+        roles = {"engine": upstream.pid}
+        for mode, pid, port in start_gateways(run, workdir, upstream_port, children):
+            targets.append(Target(mode, f"http://127.0.0.1:{port}", DEMO_KEY, ROLE_OF[mode]))
+            roles[ROLE_OF[mode]] = pid
+        if "redis_pid" in run.meta:
+            roles["redis"] = int(run.meta["redis_pid"])  # CPU of the shared server, reported next to fleetgate-redis
         if litellm_python is not None:
             port = free_port()
             console.print("LiteLLM: starting (it imports a lot; this takes a while)")
             try:
                 litellm = start_litellm(litellm_python, workdir, upstream_port, port)
             except StartError as exc:
-                run.litellm_note = f"could not be started: {str(exc).splitlines()[0][:200]}"
-                console.print(f"[yellow]LiteLLM {escape(run.litellm_note)}[/]")
+                run.notes["litellm"] = f"could not be started: {str(exc).splitlines()[0][:200]}"
+                console.print(f"[yellow]LiteLLM {escape(run.notes['litellm'])}[/]")
             else:
                 children.append(litellm)
                 targets.append(Target("litellm", f"http://127.0.0.1:{port}", MASTER_KEY, "litellm"))
@@ -689,6 +830,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
 
         run_async(measure(run, targets, upstream_port, probe))
+        redis_tenant = run.meta.get("demo_tenant_ids", {}).get("fleetgate-redis")
+        if redis_tenant is not None:
+            # Evidence that the Redis limiter, not the in-process fallback, counted the run.
+            spend = redis_spend(settings.redis_url, redis_tenant)
+            run.checks["fleetgate-redis"] += f"; after the run Redis held {spend:,} micros of budget spend for it"
         failed = False
     except (StartError, RuntimeError) as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}")
@@ -699,19 +845,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for child in reversed(children):
             child.stop()
+        redis_tenant = run.meta.get("demo_tenant_ids", {}).get("fleetgate-redis")
+        if redis_tenant is not None:
+            try:
+                console.print(f"removed {drop_redis_keys(settings.redis_url, redis_tenant)} limiter keys from Redis")
+            except (redis.RedisError, OSError) as exc:
+                console.print(f"[yellow]could not remove this run's limiter keys from Redis: {exc}[/]")
         if settings.keep_logs or failed:
             console.print(f"logs kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     run.meta["loadavg_end"] = os.getloadavg()
     agg = aggregate(run)
-    checks = verdicts(agg, settings, run.litellm_note)
+    checks = verdicts(agg, settings, run.notes)
     print_report(run, agg, checks)
     if settings.json_path is not None:
         dump_json(settings.json_path, run, agg, checks)
         console.print(f"raw numbers: {settings.json_path}")
     if settings.docs_path is not None:
-        update_docs(settings.docs_path, markdown_section(run, agg, checks))
+        update_docs(settings.docs_path, SECTION, markdown_section(run, agg, checks))
         console.print(f"updated {settings.docs_path}")
     return 0
 

@@ -57,6 +57,7 @@ async def running_gateway(
             "engines": [EngineEndpoint(url=u, id=f"engine-{i}").model_dump() for i, u in enumerate(engine_urls)],
             "database": {"url": f"sqlite:///{db_dir}/fleetgate.db"},
             "tenancy": {"poll_interval": 0.1},
+            "routing": {"policy": "round_robin"},  # deterministic spread; routing tests choose their policy
             "metering": {
                 "outbox_dir": f"{db_dir}/outbox",
                 "flush_interval": 0.05,

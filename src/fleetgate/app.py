@@ -29,6 +29,7 @@ from fleetgate.errors import ApiError
 from fleetgate.fleet.client import EngineClient
 from fleetgate.fleet.health import HealthChecker
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
+from fleetgate.fleet.scraper import MetricsScraper
 from fleetgate.metering.capture import UsageCapture
 from fleetgate.metering.events import Sink
 from fleetgate.metering.flusher import Flusher
@@ -36,8 +37,11 @@ from fleetgate.metering.iolog import IOLog
 from fleetgate.metering.ledger import SqlLedger
 from fleetgate.metering.outbox import Outbox
 from fleetgate.metering.rating import Rating, names_from_store
+from fleetgate.observability.dashboard import admin_key_check, dashboard_routes, ledger_usage_today
 from fleetgate.observability.metrics import GatewayMetrics, StateCollector
+from fleetgate.observability.timeseries import TimeSeries
 from fleetgate.paths import default_state_dir
+from fleetgate.routing.pipeline import RoutingPipeline
 from fleetgate.routing.plugins import make_router
 from fleetgate.scheduling.admission import AdmissionController
 from fleetgate.tenancy.auth import TenantAuthenticator
@@ -67,6 +71,9 @@ class Gateway:
     sinks: list[Sink]
     iolog: IOLog
     metrics: GatewayMetrics
+    router: RoutingPipeline
+    scraper: MetricsScraper
+    timeseries: TimeSeries
 
 
 def remote_replicas(engines: list[EngineEndpoint]) -> list[Replica]:
@@ -110,12 +117,33 @@ def build_gateway(config: Config, registry: ReplicaRegistry) -> Gateway:
     admission = AdmissionController(config.admission, registry) if config.admission.enabled else None
     if admission is not None:
         admission.wait_observer = metrics.observe_wait
-    router = make_router(config.gateway.router)
+    router = make_router(config.routing.policy, config.routing.params)
+    scraper = MetricsScraper(
+        registry, client, config.routing.scrape_interval, config.admission.stale_after, config.routing.scrape_timeout
+    )
     proxy = Proxy(config.gateway, registry, router, client, gate, capture, iolog, metrics, admission)
     metrics.add_collector(StateCollector(registry, outbox, flusher, iolog, lambda: proxy.in_flight, admission))
     health = HealthChecker(registry, client, config.gateway.health_interval, timeout=2.0)
+    timeseries = TimeSeries(metrics.registry, registry)
+    proxy.decisions = timeseries.record_decision
     return Gateway(
-        config, registry, client, proxy, health, store, gate, outbox, capture, flusher, ledger, sinks, iolog, metrics
+        config,
+        registry,
+        client,
+        proxy,
+        health,
+        store,
+        gate,
+        outbox,
+        capture,
+        flusher,
+        ledger,
+        sinks,
+        iolog,
+        metrics,
+        router,
+        scraper,
+        timeseries,
     )
 
 
@@ -166,6 +194,9 @@ def build_app(gateway: Gateway) -> Starlette:
         gateway.flusher.start()
         await gateway.health.check_all()
         gateway.health.start()
+        gateway.timeseries.start()
+        await gateway.scraper.scrape_all()
+        gateway.scraper.start()
         if gateway.proxy.admission is not None:
             gateway.proxy.admission.start()
         try:
@@ -173,7 +204,9 @@ def build_app(gateway: Gateway) -> Starlette:
         finally:
             if gateway.proxy.admission is not None:
                 await gateway.proxy.admission.stop()
+            await gateway.timeseries.stop()
             await gateway.health.stop()
+            await gateway.scraper.stop()
             await gateway.capture.stop()  # pending finish records (prompt counts of aborted requests)
             await gateway.flusher.stop()  # one last delivery to the ledger, bounded
             gateway.outbox.close()
@@ -212,6 +245,13 @@ def build_app(gateway: Gateway) -> Starlette:
     ]
     rating = Rating(gateway.ledger.engine, tenant_names=names_from_store(gateway.store))
     routes += usage_routes(gateway.ledger, rating, gateway.gate.auth.authenticate)
+    routes += dashboard_routes(
+        gateway.timeseries,
+        gateway.registry,
+        ledger_usage_today(gateway.ledger, rating),
+        admin_key_check(gateway.config.gateway.admin_api_key),
+        gateway.gate.auth.authenticate,
+    )
     admin_key = gateway.config.gateway.admin_api_key
     if admin_key is not None:
         admin = build_admin_app(

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fleetgate.errors import ConfigError
 from fleetgate.paths import default_state_dir
@@ -41,7 +41,6 @@ class GatewayConfig(_Strict):
     shutdown_grace: float = Field(30.0, ge=0, description="seconds in-flight streams get after SIGTERM")
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
     health_interval: float = Field(2.0, gt=0, description="seconds between active health checks")
-    router: str = Field("round_robin", description="routing policy name")
 
 
 class EngineEndpoint(_Strict):
@@ -185,6 +184,25 @@ class AdmissionConfig(_Strict):
         return value
 
 
+class RoutingConfig(_Strict):
+    """The routing policy by name and its parameters (weights, prefix index, breaker: see routing/settings.py)."""
+
+    policy: str = Field("score", description="round_robin | least_load | session | prefix | lora | score")
+    params: dict[str, Any] = Field(default_factory=dict, description="policy parameters; validated at start")
+    scrape_interval: float = Field(1.0, gt=0, description="seconds between engine /metrics scrapes")
+    scrape_timeout: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _valid_params(self) -> RoutingConfig:
+        from fleetgate.routing.plugins import POLICIES
+        from fleetgate.routing.settings import RoutingSettings
+
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; known: {', '.join(sorted(POLICIES))}")
+        RoutingSettings.from_params(self.params, where="routing.params")
+        return self
+
+
 class ObservabilityConfig(_Strict):
     """Metrics settings."""
 
@@ -205,6 +223,7 @@ class Config(_Strict):
     iolog: IOLogConfig = Field(default_factory=lambda: IOLogConfig())
     observability: ObservabilityConfig = Field(default_factory=lambda: ObservabilityConfig())
     admission: AdmissionConfig = Field(default_factory=lambda: AdmissionConfig())
+    routing: RoutingConfig = Field(default_factory=lambda: RoutingConfig())
     run_dir: Path | None = None
 
 

@@ -50,10 +50,10 @@ def require_engine() -> None:
         pytest.fail("llama-server is not built: run `make engine` (or `fleetgate engine build`) first")
 
 
-def start_stack(tmp: Path, *args: str) -> Stack:
+def start_stack(tmp: Path, *args: str, env_extra: dict[str, str] | None = None) -> Stack:
     """Start a detached stack with its own run dir; fail with its log if it does not come up."""
     run_dir = tmp / "run"
-    env = {**os.environ, "FLEETGATE_RUN_DIR": str(run_dir)}
+    env = {**os.environ, "FLEETGATE_RUN_DIR": str(run_dir), **(env_extra or {})}
     port = free_port()
     proc = subprocess.run(
         [*FLEETGATE, "up", "--detach", "--json", "--port", str(port), "--no-self-test", *args],
@@ -91,9 +91,11 @@ def _not_zombie(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def llama_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Two real llama-server replicas of SmolLM2 behind a real gateway."""
+    """Two real llama-server replicas of SmolLM2 behind a real gateway, routed round-robin (foundation tests)."""
     require_engine()
-    stack = start_stack(tmp_path_factory.mktemp("stack"), "--replicas", "2")
+    stack = start_stack(
+        tmp_path_factory.mktemp("stack"), "--replicas", "2", env_extra={"FLEETGATE_ROUTING__POLICY": "round_robin"}
+    )
     try:
         yield stack
     finally:

@@ -43,7 +43,8 @@ def test_reconcile_drift_is_zero(fresh_stack: Stack) -> None:
             break
         time.sleep(0.5)  # events may still be on their way from the outbox
     assert sorted(r["replica_id"] for r in rows) == ["local-0", "local-1"]
+    assert sum(r["requests"] for r in rows) == 6  # however the router spread them (score keeps the prefix local)
     for row in rows:
-        assert row["error"] is None and row["requests"] == 3, row
+        assert row["error"] is None, row
         assert (row["prompt_drift"], row["completion_drift"]) == (0, 0), row
-        assert row["ledger_prompt"] > 0 and row["ledger_completion"] > 0
+    assert sum(r["ledger_prompt"] for r in rows) > 0 and sum(r["ledger_completion"] for r in rows) > 0

@@ -38,8 +38,11 @@ def test_decision_explains_itself() -> None:
 
 
 def test_registry_by_name() -> None:
-    assert make_router("round_robin").name == "round_robin"
-    with pytest.raises(ConfigError, match="unknown policy 'nope'; known: round_robin"):
+    router = make_router("round_robin")
+    assert router.name == "round_robin"
+    replicas = _replicas(2)
+    assert [router.pick(RouteRequest("m"), replicas).replica.id for _ in range(4)] == ["r0", "r1", "r0", "r1"]
+    with pytest.raises(ConfigError, match="unknown policy 'nope'; known: least_load, lora, prefix, round_robin"):
         make_router("nope")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -28,7 +29,8 @@ from fleetgate.ids import request_id
 from fleetgate.metering.capture import UsageCapture
 from fleetgate.metering.iolog import IOLog
 from fleetgate.observability.metrics import GatewayMetrics
-from fleetgate.routing.router import RouteDecision, Router, RouteRequest
+from fleetgate.routing.request import route_request_from
+from fleetgate.routing.router import FeedbackRouter, RouteDecision, RouteRequest
 from fleetgate.scheduling.admission import AdmissionController, Slot
 from fleetgate.scheduling.fair_queue import PRIORITIES
 from fleetgate.tenancy.auth import Principal
@@ -51,7 +53,7 @@ class Proxy:
         self,
         cfg: GatewayConfig,
         registry: ReplicaRegistry,
-        router: Router,
+        router: FeedbackRouter,
         client: EngineClient,
         gate: TenantGate,
         capture: UsageCapture,
@@ -69,6 +71,8 @@ class Proxy:
         self.metrics = metrics
         self.admission = admission
         self.in_flight = 0
+        # (request_id, tenant, model, replica, route) of every routing decision, for the dashboard
+        self.decisions: Callable[[str, str, str, str, str], None] | None = None
 
     async def handle(self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend, endpoint: Endpoint) -> None:
         """Serve one `/v1/chat/completions` or `/v1/completions` request."""
@@ -227,12 +231,16 @@ class Proxy:
             # Usage is billed from the engine's own numbers, so every stream must end with a usage chunk.
             payload["stream_options"] = {**options, "include_usage": True}
         body = orjson.dumps(payload)
+        # Built once: a retry must not hash the prompt again.
+        route_request = route_request_from(
+            payload, outcome.tenant_id, outcome.session, est_tokens=outcome.est_prompt_tokens
+        )
         tried: set[str] = set()
         last_error: ApiError = UpstreamUnavailable(
             f"no healthy replica serves `{outcome.model}` right now; retry shortly", retry_after=2
         )
         for attempt in range(self.cfg.retries + 1):
-            decision = self._route(outcome.model, serving, tried)
+            decision = self._route(route_request, serving, tried)
             if decision is None:
                 break
             tried.add(decision.replica.id)
@@ -240,6 +248,9 @@ class Proxy:
             outcome.replica = decision.replica
             # The header carries the full reason; the metric label only its kind, so cardinality stays bounded.
             outcome.route = f"{decision.policy}:{decision.reason.partition(':')[0]}"
+            if self.decisions is not None:
+                route = f"{decision.policy}:{decision.reason}"
+                self.decisions(outcome.request_id, outcome.tenant_name, outcome.model, decision.replica.id, route)
             if not outcome.begun:
                 outcome.begun = True
                 self.capture.begin(outcome.measured(), decision.replica, payload)
@@ -254,14 +265,14 @@ class Proxy:
         outcome.http_status = last_error.status
         await send_error(send, last_error, outcome.request_id)
 
-    def _route(self, model: str, serving: list[Replica], tried: set[str]) -> RouteDecision | None:
+    def _route(self, request: RouteRequest, serving: list[Replica], tried: set[str]) -> RouteDecision | None:
         healthy = [r for r in serving if r.healthy]
         fresh = [r for r in healthy if r.id not in tried]
         # A stale keep-alive connection is the usual failure: the same replica is fine for a second try.
         candidates = fresh or healthy
         if not candidates:
             return None
-        return self.router.pick(RouteRequest(model=model), candidates)
+        return self.router.pick(request, candidates)
 
     async def _forward(
         self, decision: RouteDecision, body: bytes, outcome: RequestOutcome, send: ASGISend, client_wants_usage: bool
@@ -269,6 +280,7 @@ class Proxy:
         """Send to one replica and relay its answer; raises ApiError (before any byte was sent) to retry."""
         replica = decision.replica
         replica.in_flight += 1
+        verdict: bool | None = False  # for the breaker: False replica failure, True fine, None no verdict
         try:
             resp = await self._open(replica, ENDPOINT_PATHS[outcome.endpoint], body)
             try:
@@ -276,14 +288,17 @@ class Proxy:
                     detail = (await resp.read())[:300].decode(errors="replace")
                     raise UpstreamError(f"replica {replica.id} answered {resp.status}: {detail}")
                 headers = _route_headers(outcome.request_id, decision)
+                verdict = None  # from here a client hang-up says nothing about the replica
                 if resp.status != 200 or not outcome.stream:
                     await relay_whole(resp, outcome, send, headers, self._record)
                 else:
                     await relay_stream(resp, outcome, send, headers, client_wants_usage, self._record)
+                verdict = outcome.status not in ("engine_error", "timeout")
             finally:
                 resp.close()  # never return a half-read connection to the pool; closing also stops the engine
         finally:
             replica.in_flight -= 1
+            self.router.finish(decision, verdict)
 
     async def _open(self, replica: Replica, path: str, body: bytes) -> aiohttp.ClientResponse:
         try:
@@ -305,6 +320,8 @@ def _read_scheduling_headers(scope: dict[str, Any], outcome: RequestOutcome) -> 
     for key, value in scope["headers"]:
         if key == b"x-fleetgate-priority":
             outcome.priority_header = bytes(value).decode("latin-1").strip().lower()
+        elif key == b"x-session-id":
+            outcome.session = bytes(value).decode("latin-1").strip() or None
         elif key == b"x-fleetgate-queue-timeout":
             try:
                 outcome.queue_timeout = max(0.0, float(bytes(value)))

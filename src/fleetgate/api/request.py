@@ -45,6 +45,7 @@ class RequestOutcome:
     request_body: bytes | None = None
     response_parts: list[bytes] | None = None
     io_retention_days: float | None = None
+    session: str | None = None  # x-session-id: session affinity key (else the body's `user`)
     priority_header: str | None = None  # x-fleetgate-priority: may lower the tenant's priority
     queue_timeout: float | None = None  # x-fleetgate-queue-timeout: may shorten the queue deadline
 

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 
 from fleetgate.fleet.client import EngineClient
-from fleetgate.fleet.engines.base import model_ids
+from fleetgate.fleet.engines.base import adapter_ids, model_ids
 from fleetgate.fleet.engines.registry import adapter_for
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 
@@ -57,6 +57,7 @@ class HealthChecker:
         if models:
             replica.models = models
         replica.context_len = context_of(listing) or replica.context_len
+        replica.adapters = adapter_ids(listing)  # what the engine itself says is loaded
         if not replica.healthy:
             log.info("replica %s healthy (%s)", replica.id, ", ".join(sorted(replica.models)))
         replica.mark(True)

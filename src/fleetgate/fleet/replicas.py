@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fleetgate.config import EngineKind
+from fleetgate.fleet.metrics import ReplicaMetrics
 
 
 @dataclass
@@ -23,6 +24,14 @@ class Replica:
     checked_at: float = 0.0
     in_flight: int = 0
     local_pid: int | None = None
+    # Routing state (issue 6). adapters: LoRA adapters loaded now, from the engine's own answer; labels: from
+    # discovery; metrics: the scraper's last snapshot (check .fresh()); in_flight_tokens: estimated prompt tokens
+    # this gateway has in flight there, counted by the router (never stale).
+    adapters: set[str] = field(default_factory=set)
+    labels: dict[str, str] = field(default_factory=dict)
+    metrics: ReplicaMetrics | None = None
+    in_flight_tokens: int = 0
+    context_len: int | None = None  # the engine's context window per request (llama.cpp: per slot)
 
     def serves(self, model: str) -> bool:
         """True if this replica lists the model (an empty list means 'not known yet': never matches)."""

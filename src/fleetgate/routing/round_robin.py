@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fleetgate.fleet.replicas import Replica
+from fleetgate.routing.context import RouteContext
 from fleetgate.routing.router import RouteDecision, RouteRequest
 
 
@@ -12,12 +13,20 @@ class RoundRobinRouter:
     """Cycles through the candidates per model, so retries and unhealthy replicas don't skew the spread."""
 
     name = "round_robin"
+    uses_prefix = False
 
     def __init__(self) -> None:
         self._next: dict[str, int] = {}
 
+    def _turn(self, model: str, n: int) -> int:
+        turn = self._next.get(model, 0)
+        self._next[model] = turn + 1
+        return turn % n
+
     def pick(self, request: RouteRequest, candidates: Sequence[Replica]) -> RouteDecision:
         """Take the next candidate for this model."""
-        n = self._next.get(request.model, 0)
-        self._next[request.model] = n + 1
-        return RouteDecision(candidates[n % len(candidates)], self.name, "turn")
+        return RouteDecision(candidates[self._turn(request.model, len(candidates))], self.name, "turn")
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Replica], ctx: RouteContext) -> tuple[int, str]:
+        """Policy form of pick() for the routing pipeline."""
+        return self._turn(request.model, len(candidates)), "turn"

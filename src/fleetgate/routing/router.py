@@ -11,10 +11,14 @@ from fleetgate.fleet.replicas import Replica
 
 @dataclass(frozen=True, slots=True)
 class RouteRequest:
-    """What a policy may look at: the model and, later, tenant, session and prompt."""
+    """What a policy may look at; build it with `route_request_from` (routing/request.py) on the hot path."""
 
     model: str
     tenant: str = "demo"
+    session: str | None = None  # `x-session-id` header, else the body's `user`
+    prompt_text: str | None = None  # messages' role + content in order (or the prompt), for the prefix index
+    adapter: str | None = None  # LoRA adapter the request needs, if any
+    est_tokens: int = 0  # estimated prompt tokens, counted in flight per replica while the request runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +28,7 @@ class RouteDecision:
     replica: Replica
     policy: str
     reason: str
+    est_tokens: int = 0  # what the router added to `replica.in_flight_tokens`; finish() takes it back
 
 
 class Router(Protocol):
@@ -33,4 +38,12 @@ class Router(Protocol):
 
     def pick(self, request: RouteRequest, candidates: Sequence[Replica]) -> RouteDecision:
         """Choose a replica; candidates is never empty."""
+        ...
+
+
+class FeedbackRouter(Router, Protocol):
+    """A Router that also hears how each attempt ended (breakers, in-flight tokens): RoutingPipeline."""
+
+    def finish(self, decision: RouteDecision, ok: bool | None) -> None:
+        """Call once per decision: True success, False replica failure, None no verdict (client hung up)."""
         ...

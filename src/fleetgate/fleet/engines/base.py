@@ -9,6 +9,36 @@ from fleetgate.config import EngineKind
 
 
 @dataclass(frozen=True)
+class MetricNames:
+    """Where an engine's `/metrics` keeps the numbers the router reads (sample names, counters with `_total`)."""
+
+    waiting: str
+    running: str
+    kv_usage: str | None = None  # a 0..1 gauge; llama.cpp has none
+    prefix_queries: str | None = None  # None: the prompt token counter stands in
+    prefix_hits: str | None = None  # None: the cached prompt token counter stands in
+    prompt_tokens: str | None = None
+    generation_tokens: str | None = None
+    cached_prompt_tokens: str | None = None
+    # llama.cpp's prompt counter leaves cached tokens out; add them back so every engine reports all prompt tokens.
+    prompt_excludes_cached: bool = False
+
+    def sample_names(self) -> frozenset[str]:
+        """Every sample name to keep from a scrape."""
+        names = (
+            self.waiting,
+            self.running,
+            self.kv_usage,
+            self.prefix_queries,
+            self.prefix_hits,
+            self.prompt_tokens,
+            self.generation_tokens,
+            self.cached_prompt_tokens,
+        )
+        return frozenset(n for n in names if n is not None)
+
+
+@dataclass(frozen=True)
 class EngineAdapter:
     """Per-engine facts the gateway needs; everything else is plain OpenAI-compatible HTTP."""
 
@@ -17,6 +47,9 @@ class EngineAdapter:
     models_path: str = "/v1/models"
     metrics_path: str | None = "/metrics"
     reports_cached_tokens: bool = True
+    metric_names: MetricNames | None = None
+    props_path: str | None = None  # llama.cpp: `GET /props` gives `total_slots`, the capacity busy slots count against
+    runtime_lora: bool = False  # adapters can be loaded while serving (vLLM, SGLang); llama.cpp fixes them at start
 
     def prepare(self, body: dict[str, Any]) -> dict[str, Any]:
         """Add engine-specific request fields (none by default)."""
@@ -31,3 +64,14 @@ def model_ids(payload: Any) -> set[str]:
     if not isinstance(data, list):
         return set()
     return {str(item["id"]) for item in data if isinstance(item, dict) and "id" in item}
+
+
+def adapter_ids(payload: Any) -> set[str]:
+    """LoRA adapters an OpenAI `/v1/models` answer lists: entries whose `parent` is another model (vLLM)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+        return set()
+    return {
+        str(item["id"])
+        for item in payload["data"]
+        if isinstance(item, dict) and "id" in item and item.get("parent") not in (None, item["id"])
+    }

@@ -1,0 +1,134 @@
+"""The discovery interface and the loop that keeps the replica registry in step with it."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fleetgate.config import EngineKind
+from fleetgate.errors import FleetError
+from fleetgate.fleet.replicas import Replica, ReplicaRegistry
+
+log = logging.getLogger(__name__)
+
+
+class DiscoveryError(FleetError):
+    """A discovery source could not be read (API down, bad answer); the current replica set is kept."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSpec:
+    """A replica as a discovery source describes it."""
+
+    id: str
+    url: str
+    kind: EngineKind = "openai"
+    models: frozenset[str] = frozenset()  # empty: the health checker asks /v1/models
+    gpu_type: str = "unknown"
+    adapters: frozenset[str] = frozenset()  # adapters fixed at start (llama.cpp --lora); vLLM reports its own
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class Discovery(Protocol):
+    """A source of replicas."""
+
+    async def list(self) -> builtins.list[ReplicaSpec]:
+        """Every replica that should receive traffic now; raise DiscoveryError if the source can't be read."""
+        ...
+
+
+def sync_registry(registry: ReplicaRegistry, specs: Iterable[ReplicaSpec], owned: set[str]) -> tuple[int, int]:
+    """Add new replicas, update changed ones, remove the vanished ones among `owned` (updated in place).
+
+    Only replicas this source added are ever removed, so a local fleet or a second source is left alone.
+    Returns (added, removed).
+    """
+    seen: set[str] = set()
+    added = 0
+    for spec in specs:
+        seen.add(spec.id)
+        replica = registry.get(spec.id)
+        if replica is None:
+            registry.add(
+                Replica(
+                    id=spec.id,
+                    url=spec.url,
+                    kind=spec.kind,
+                    models=set(spec.models),
+                    gpu_type=spec.gpu_type,
+                    adapters=set(spec.adapters),
+                    labels=dict(spec.labels),
+                )
+            )
+            owned.add(spec.id)
+            added += 1
+            continue
+        if replica.url != spec.url:  # same pod name, new address (restarted): health must be proven again
+            replica.url = spec.url
+            replica.healthy = False
+            replica.metrics = None
+        replica.kind, replica.gpu_type, replica.labels = spec.kind, spec.gpu_type, dict(spec.labels)
+        if spec.models:
+            replica.models = set(spec.models)
+    gone = owned - seen
+    for rid in gone:
+        registry.remove(rid)
+    owned -= gone
+    return added, len(gone)
+
+
+class DiscoveryLoop:
+    """Polls a discovery source every `interval` seconds and applies it to the registry."""
+
+    def __init__(
+        self,
+        discovery: Discovery,
+        registry: ReplicaRegistry,
+        interval: float = 10.0,
+        on_removed: Callable[[str], None] | None = None,
+    ) -> None:
+        self._discovery = discovery
+        self._registry = registry
+        self._interval = interval
+        self._on_removed = on_removed  # e.g. the router's breakers.forget
+        self.owned: set[str] = set()
+        self.failures = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> bool:
+        """Apply the source once; on failure keep the current replicas (an API blip must not empty the fleet)."""
+        try:
+            specs = await self._discovery.list()
+        except DiscoveryError as exc:
+            self.failures += 1
+            log.warning("discovery failed, keeping %d replicas: %s", len(self.owned), exc)
+            return False
+        before = set(self.owned)
+        added, removed = sync_registry(self._registry, specs, self.owned)
+        if self._on_removed is not None:
+            for rid in before - self.owned:
+                self._on_removed(rid)
+        if added or removed:
+            log.info("discovery: +%d -%d replicas (%d now)", added, removed, len(self.owned))
+        return True
+
+    def start(self) -> None:
+        """Run the periodic loop in the background."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="fleetgate-discovery")
+
+    async def stop(self) -> None:
+        """Stop the periodic loop."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self._interval)

@@ -1,0 +1,29 @@
+"""Replicas listed in the config file (`engines:`)."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+
+from fleetgate.config import EngineEndpoint
+from fleetgate.fleet.discovery.base import ReplicaSpec
+
+
+class StaticDiscovery:
+    """The configured engines, always the same list."""
+
+    def __init__(self, engines: Sequence[EngineEndpoint]) -> None:
+        self._specs = [
+            ReplicaSpec(
+                id=e.id or f"engine-{i}",  # same default ids as app.remote_replicas
+                url=e.url,
+                kind=e.kind,
+                models=frozenset(e.models),
+                gpu_type=e.gpu_type,
+            )
+            for i, e in enumerate(engines)
+        ]
+
+    async def list(self) -> builtins.list[ReplicaSpec]:
+        """The configured replicas."""
+        return list(self._specs)

@@ -1,0 +1,112 @@
+"""Reads every replica's `/metrics` each second and leaves the snapshot on `replica.metrics` for the router."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from fleetgate.fleet.client import EngineClient
+from fleetgate.fleet.engines.registry import adapter_for
+from fleetgate.fleet.metrics import parse_metrics
+from fleetgate.fleet.replicas import Replica, ReplicaRegistry
+
+log = logging.getLogger(__name__)
+
+_FAILURES = (aiohttp.ClientError, TimeoutError, ValueError)
+
+
+class MetricsScraper:
+    """Scrapes each replica every `interval` s; a snapshot older than `stale_after` s is not trusted by scorers.
+
+    A failed scrape leaves the previous snapshot in place: its age makes it stale, so the router falls back to
+    its own in-flight counts instead of acting on numbers that stopped moving.
+    """
+
+    def __init__(
+        self,
+        registry: ReplicaRegistry,
+        client: EngineClient,
+        interval: float = 1.0,
+        stale_after: float = 5.0,
+        timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._registry = registry
+        self._client = client
+        self.interval = interval
+        self.stale_after = stale_after
+        self._timeout = timeout if timeout is not None else max(0.2, min(interval, 2.0))
+        self._clock = clock
+        self._slots: dict[str, tuple[str, int]] = {}  # replica id -> (url, total_slots): fixed while the url is
+        self._task: asyncio.Task[None] | None = None
+        self.errors: dict[str, int] = {}  # scrape failures per replica, for the operator's metrics
+
+    async def scrape(self, replica: Replica) -> bool:
+        """Scrape one replica now; True if its snapshot was refreshed."""
+        adapter = adapter_for(replica.kind)
+        if adapter.metric_names is None or adapter.metrics_path is None:
+            return False
+        try:
+            slots = await self._total_slots(replica, adapter.props_path)
+            text = await self._get_text(replica.url + adapter.metrics_path)
+            replica.metrics = parse_metrics(adapter.metric_names, text, self._clock(), slots)
+        except _FAILURES as exc:
+            self.errors[replica.id] = self.errors.get(replica.id, 0) + 1
+            log.debug("scrape of %s failed: %s", replica.id, exc or type(exc).__name__)
+            return False
+        return True
+
+    async def scrape_all(self) -> None:
+        """Scrape every replica once, concurrently."""
+        await asyncio.gather(*(self.scrape(r) for r in self._registry.all()))
+
+    def is_fresh(self, replica: Replica) -> bool:
+        """True if the replica has a snapshot younger than `stale_after`."""
+        metrics = replica.metrics
+        return metrics is not None and metrics.fresh(self._clock(), self.stale_after)
+
+    def start(self) -> None:
+        """Run the periodic loop in the background."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="fleetgate-scraper")
+
+    async def stop(self) -> None:
+        """Stop the periodic loop."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            started = self._clock()
+            await self.scrape_all()
+            # Keep the period steady whatever the scrape took, without ever spinning.
+            await asyncio.sleep(max(0.05, self.interval - (self._clock() - started)))
+
+    async def _get_text(self, url: str) -> str:
+        async with self._client.session.get(url, timeout=aiohttp.ClientTimeout(total=self._timeout)) as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                raise aiohttp.ClientResponseError(
+                    resp.request_info, resp.history, status=resp.status, message=body[:200].decode(errors="replace")
+                )
+            return body.decode()
+
+    async def _total_slots(self, replica: Replica, props_path: str | None) -> int | None:
+        if props_path is None:
+            return None
+        known = self._slots.get(replica.id)
+        if known is not None and known[0] == replica.url:
+            return known[1]
+        props: Any = await self._client.get_json(replica.url + props_path, self._timeout)
+        slots = props.get("total_slots") if isinstance(props, dict) else None
+        if not isinstance(slots, int) or slots <= 0:
+            return None  # asked again next time
+        self._slots[replica.id] = (replica.url, slots)
+        return slots

@@ -1,0 +1,68 @@
+"""Filters: drop candidates that cannot take the request. A filter that would drop all is skipped (fail open)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fleetgate.fleet.engines.registry import adapter_for
+from fleetgate.fleet.replicas import Replica
+from fleetgate.routing.breaker import BreakerRegistry
+from fleetgate.routing.router import RouteRequest
+
+
+class ServesModel:
+    """Keeps replicas that list the model."""
+
+    name = "serves_model"
+
+    def keep(self, request: RouteRequest, candidates: list[Replica]) -> list[Replica]:
+        """Replicas serving request.model."""
+        model = request.model
+        return [r for r in candidates if model in r.models]
+
+
+class Healthy:
+    """Keeps replicas whose last health check (or request) succeeded."""
+
+    name = "healthy"
+
+    def keep(self, request: RouteRequest, candidates: list[Replica]) -> list[Replica]:
+        """Healthy replicas."""
+        return [r for r in candidates if r.healthy]
+
+
+class BreakerClosed:
+    """Keeps replicas whose circuit breaker lets a request through (closed, or half-open with its probe free)."""
+
+    name = "breaker"
+
+    def __init__(self, breakers: BreakerRegistry) -> None:
+        self._breakers = breakers
+
+    def keep(self, request: RouteRequest, candidates: list[Replica]) -> list[Replica]:
+        """Replicas the breaker admits (without claiming the probe: only the chosen one claims it)."""
+        if not self._breakers.any_tripped:
+            return candidates
+        available = self._breakers.available
+        return [r for r in candidates if available(r.id)]
+
+
+def runtime_loadable(replica: Replica, adapter: str) -> bool:
+    """Default: the engine can load adapters while serving (vLLM, SGLang); llama.cpp fixes them at start."""
+    return adapter_for(replica.kind).runtime_lora
+
+
+class AdapterAvailable:
+    """Keeps replicas that have the request's LoRA adapter loaded or can load it."""
+
+    name = "adapter"
+
+    def __init__(self, loadable: Callable[[Replica, str], bool] = runtime_loadable) -> None:
+        self._loadable = loadable
+
+    def keep(self, request: RouteRequest, candidates: list[Replica]) -> list[Replica]:
+        """All candidates when no adapter is asked for."""
+        adapter = request.adapter
+        if adapter is None:
+            return candidates
+        return [r for r in candidates if adapter in r.adapters or self._loadable(r, adapter)]
