@@ -41,7 +41,7 @@ class UsageEvent:
 
     def to_json(self) -> bytes:
         """Compact JSON for the outbox and sinks."""
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)  # orjson serialises dataclasses natively; asdict() deep-copies every field
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (ledger rows, API answers)."""
