@@ -122,7 +122,7 @@ def build_gateway(config: Config, registry: ReplicaRegistry) -> Gateway:
         registry, client, config.routing.scrape_interval, config.admission.stale_after, config.routing.scrape_timeout
     )
     proxy = Proxy(config.gateway, registry, router, client, gate, capture, iolog, metrics, admission)
-    metrics.add_collector(StateCollector(registry, outbox, flusher, iolog, lambda: proxy.in_flight, admission))
+    metrics.add_collector(StateCollector(registry, outbox, flusher, iolog, lambda: proxy.in_flight, admission, router))
     health = HealthChecker(registry, client, config.gateway.health_interval, timeout=2.0)
     timeseries = TimeSeries(metrics.registry, registry)
     proxy.decisions = timeseries.record_decision

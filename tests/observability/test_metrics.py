@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,6 +10,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fleetgate.fleet.metrics import ReplicaMetrics
 from fleetgate.observability.metrics import OTHER, TenantLabels
 from tests.fakes import FakeEngine
 from tests.gateway_harness import RunningGateway, running_gateway
@@ -51,6 +53,8 @@ async def test_metrics_after_a_request_mix(gw: RunningGateway) -> None:
         for _ in range(2):  # the second is over the tenant's 1 request/min
             async with http.post(f"{gw.url}/v1/chat/completions", json=body, headers=capped) as r:
                 await r.read()
+        replica = gw.gateway.registry.all()[0]
+        replica.metrics = ReplicaMetrics(scraped_at=time.monotonic(), waiting=3, running=2, kv_usage=0.5)
         async with http.get(f"{gw.url}/metrics") as r:
             assert r.status == 200 and r.headers["content-type"].startswith("text/plain")
             samples = _samples(await r.text())
@@ -73,6 +77,10 @@ async def test_metrics_after_a_request_mix(gw: RunningGateway) -> None:
     assert _value(samples, "fleetgate_replica_in_flight", replica="engine-0") == 0
     assert "fleetgate_outbox_open_requests" in samples and "fleetgate_in_flight_requests" in samples
     assert _value(samples, "fleetgate_delivery_failing_seconds", consumer="ledger") == 0
+    assert _value(samples, "fleetgate_engine_requests_waiting", replica="engine-0") == 3
+    assert _value(samples, "fleetgate_engine_kv_pressure", replica="engine-0") == 0.5
+    assert _value(samples, "fleetgate_replica_breaker_state", replica="engine-0") == 0  # closed
+    assert _value(samples, "fleetgate_route_decisions_total", policy="round_robin") == 4  # 3 demo + 1 capped
 
 
 def test_tenant_label_cap() -> None:

@@ -6,6 +6,7 @@ outbox, limiter state) is read at scrape time by a collector, so it costs the ho
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from fleetgate.metering.flusher import Flusher
     from fleetgate.metering.iolog import IOLog
     from fleetgate.metering.outbox import Outbox
+    from fleetgate.routing.pipeline import RoutingPipeline
     from fleetgate.scheduling.admission import AdmissionController
 
 OTHER = "other"
@@ -138,6 +140,9 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
 
+_BREAKER_VALUE = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+
+
 class StateCollector(Collector):
     """Levels read at scrape time: replicas, the outbox and ledger delivery, the I/O log."""
 
@@ -149,6 +154,7 @@ class StateCollector(Collector):
         iolog: IOLog | None,
         in_flight: Callable[[], int],
         admission: AdmissionController | None = None,
+        router: RoutingPipeline | None = None,
     ) -> None:
         self._replicas = registry
         self._outbox = outbox
@@ -156,6 +162,50 @@ class StateCollector(Collector):
         self._iolog = iolog
         self._in_flight = in_flight
         self._admission = admission
+        self._router = router
+
+    def _engine_signals(self) -> Iterable[Metric]:
+        # What the scraper read from each engine, under one name whatever the engine (vllm:*, llamacpp:*, sglang:*).
+        waiting = GaugeMetricFamily("fleetgate_engine_requests_waiting", "Engine's own queue.", labels=["replica"])
+        running = GaugeMetricFamily(
+            "fleetgate_engine_requests_running", "Engine's running requests.", labels=["replica"]
+        )
+        pressure = GaugeMetricFamily(
+            "fleetgate_engine_kv_pressure", "KV-cache use 0..1 (llama.cpp: busy slots).", labels=["replica"]
+        )
+        hit = GaugeMetricFamily(
+            "fleetgate_engine_prefix_hit_ratio", "Engine prefix-cache hits / queries.", labels=["replica"]
+        )
+        age = GaugeMetricFamily("fleetgate_engine_scrape_age_seconds", "Age of the last scrape.", labels=["replica"])
+        now = time.monotonic()
+        for replica in self._replicas.all():
+            m = replica.metrics
+            if m is None:
+                continue
+            waiting.add_metric([replica.id], m.waiting)
+            running.add_metric([replica.id], m.running)
+            if m.pressure is not None:
+                pressure.add_metric([replica.id], m.pressure)
+            if m.prefix_hit_ratio is not None:
+                hit.add_metric([replica.id], m.prefix_hit_ratio)
+            age.add_metric([replica.id], max(now - m.scraped_at, 0.0))
+        yield from (waiting, running, pressure, hit, age)
+
+    def _routing(self) -> Iterable[Metric]:
+        assert self._router is not None
+        breaker = GaugeMetricFamily(
+            "fleetgate_replica_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.", labels=["replica"]
+        )
+        for replica in self._replicas.all():
+            state = str(self._router.breakers.state(replica.id)).lower()
+            breaker.add_metric([replica.id], _BREAKER_VALUE.get(state, 0.0))
+        yield breaker
+        decisions = CounterMetricFamily(
+            "fleetgate_route_decisions", "Routing decisions by policy and reason.", labels=["policy", "reason"]
+        )
+        for (policy, reason), n in self._router.stats.reasons.items():
+            decisions.add_metric([policy, reason], n)
+        yield decisions
 
     def collect(self) -> Iterable[Metric]:
         """Yield the current values."""
@@ -170,6 +220,9 @@ class StateCollector(Collector):
             healthy.add_metric([replica.id], 1.0 if replica.healthy else 0.0)
         yield in_flight
         yield healthy
+        yield from self._engine_signals()
+        if self._router is not None:
+            yield from self._routing()
         yield GaugeMetricFamily("fleetgate_in_flight_requests", "Requests inside the gateway.", value=self._in_flight())
         yield GaugeMetricFamily(
             "fleetgate_outbox_open_requests",
