@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 
+from fleetgate.background import Background
 from fleetgate.fleet.client import EngineClient
 from fleetgate.fleet.engines.base import adapter_ids, model_ids
 from fleetgate.fleet.engines.registry import adapter_for
@@ -39,7 +40,7 @@ class HealthChecker:
         self._client = client
         self._interval = interval
         self._timeout = timeout
-        self._task: asyncio.Task[None] | None = None
+        self._background = Background("fleetgate-health")
 
     async def check(self, replica: Replica) -> None:
         """Probe one replica and record the result."""
@@ -68,14 +69,11 @@ class HealthChecker:
 
     def start(self) -> None:
         """Run the periodic loop in the background."""
-        self._task = asyncio.create_task(self._loop(), name="fleetgate-health")
+        self._background.start(self._loop)
 
     async def stop(self) -> None:
         """Stop the periodic loop."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._background.stop()
 
     async def _loop(self) -> None:
         while True:

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 
+from fleetgate.background import Background
 from fleetgate.fleet.client import EngineClient
 from fleetgate.fleet.engines.registry import adapter_for
 from fleetgate.fleet.metrics import parse_metrics
@@ -43,7 +44,7 @@ class MetricsScraper:
         self._timeout = timeout if timeout is not None else max(0.2, min(interval, 2.0))
         self._clock = clock
         self._slots: dict[str, tuple[str, int]] = {}  # replica id -> (url, total_slots): fixed while the url is
-        self._task: asyncio.Task[None] | None = None
+        self._background = Background("fleetgate-scraper")
         self.errors: dict[str, int] = {}  # scrape failures per replica, for the operator's metrics
 
     async def scrape(self, replica: Replica) -> bool:
@@ -72,15 +73,11 @@ class MetricsScraper:
 
     def start(self) -> None:
         """Run the periodic loop in the background."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="fleetgate-scraper")
+        self._background.start(self._loop)
 
     async def stop(self) -> None:
         """Stop the periodic loop."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._background.stop()
 
     async def _loop(self) -> None:
         while True:

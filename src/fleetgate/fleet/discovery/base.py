@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fleetgate.background import Background
 from fleetgate.config import EngineKind
 from fleetgate.errors import FleetError
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
@@ -97,7 +98,7 @@ class DiscoveryLoop:
         self._on_removed = on_removed  # e.g. the router's breakers.forget
         self.owned: set[str] = set()
         self.failures = 0
-        self._task: asyncio.Task[None] | None = None
+        self._background = Background("fleetgate-discovery")
 
     async def refresh(self) -> bool:
         """Apply the source once; on failure keep the current replicas (an API blip must not empty the fleet)."""
@@ -118,15 +119,11 @@ class DiscoveryLoop:
 
     def start(self) -> None:
         """Run the periodic loop in the background."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="fleetgate-discovery")
+        self._background.start(self._loop)
 
     async def stop(self) -> None:
         """Stop the periodic loop."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._background.stop()
 
     async def _loop(self) -> None:
         while True:
