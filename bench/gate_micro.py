@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+import plots
 from fleetgate.api.request import RequestOutcome
 from fleetgate.config import GatewayConfig, MeteringConfig, PricesConfig, TenancyConfig
 from fleetgate.fleet.client import EngineClient
@@ -105,6 +106,7 @@ class Settings:
     json_path: Path | None
     docs_path: Path | None
     command: str
+    plot_from: Path | None = None
 
 
 @dataclass
@@ -143,6 +145,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--docs", type=Path, default=None, help=f"Markdown file to update (default {DEFAULT_DOCS})")
     p.add_argument("--no-docs", action="store_true", help="do not update the Markdown file")
     p.add_argument("--quick", action="store_true", help="smoke test: 2 rounds of 300 requests, no docs")
+    p.add_argument(
+        "--plot-from",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="only redraw the plot and its docs link from a --json result",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.rounds, a.requests, a.warmup = 2, 300, 50
@@ -154,7 +163,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         p.error("--rounds and --requests must be positive, --warmup not negative")
     docs: Path | None = a.docs or DEFAULT_DOCS
     # A smoke test or a partial run must not overwrite the full numbers.
-    if a.no_docs or (a.docs is None and (a.quick or set(scenarios) != set(SCENARIOS))):
+    if a.no_docs or (a.docs is None and a.plot_from is None and (a.quick or set(scenarios) != set(SCENARIOS))):
         docs = None
     return Settings(
         rounds=a.rounds,
@@ -166,6 +175,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         json_path=a.json_path,
         docs_path=docs,
         command=command_line(),
+        plot_from=a.plot_from,
     )
 
 
@@ -652,6 +662,9 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure, report, and leave nothing behind (temporary files, Redis keys)."""
     settings = parse_args(argv)
+    if settings.plot_from is not None:
+        console.print(escape(publish_plot(plots.load(settings.plot_from), settings.docs_path)))
+        return 0
     signal.signal(signal.SIGTERM, _raise_interrupt)
     run = Run(settings, machine_info(("redis", "uvloop", "sqlalchemy", "aiosqlite", "orjson")))
     if settings.directory is not None:
@@ -684,7 +697,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.docs_path is not None:
         update_docs(settings.docs_path, SECTION, markdown_section(run, rows, checks))
         console.print(f"updated {settings.docs_path}")
+        data = {"meta": run.meta, "settings": vars(settings), "rows": rows}
+        console.print(escape(publish_plot(data, settings.docs_path)))
     return 0
+
+
+def publish_plot(data: dict[str, Any], docs: Path | None) -> str:
+    """plots/gate_micro.png next to the docs (linked below this section's table); without docs, in docs/plots/."""
+    return plots.publish(
+        "gate_micro",
+        lambda d: plots.gate_micro_figure(d, TITLES),
+        data,
+        docs or DEFAULT_DOCS,
+        SECTION,
+        "Tenant plane and outbox: p50 and p99 µs per scenario and phase",
+        link=docs is not None,
+    )
 
 
 def _filesystem(path: Path) -> str:

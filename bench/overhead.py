@@ -37,6 +37,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import fake_upstream
+import plots
 from litellm_target import DEFAULT_VENV, MASTER_KEY, ensure_venv, installed_version, start_litellm
 from loadgen import NON_STREAM_BODY, STREAM_BODY, CellResult, Target, check_completion, check_stream, run_cell
 from procs import Child, StartError, cpu_seconds, free_port, machine_busy_seconds, start, wait_ready
@@ -95,6 +96,7 @@ class Settings:
     docs_path: Path | None
     keep_logs: bool
     command: str
+    plot_from: Path | None = None
 
 
 @dataclass
@@ -129,6 +131,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--no-docs", action="store_true", help="do not update the Markdown file")
     p.add_argument("--keep-logs", action="store_true", help="keep the temporary directory with the child logs")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 s per cell, 1 round, no LiteLLM, no docs")
+    p.add_argument(
+        "--plot-from",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="only redraw the plot and its docs link from a --json result",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.duration, a.rounds, a.no_litellm = 1.0, 1, True
@@ -143,7 +152,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         p.error(f"--modes takes a comma-separated subset of {','.join(GATEWAY_MODES)}, not {a.modes!r}")
     docs: Path | None = a.docs or DEFAULT_DOCS
     # A smoke test or a run without every gateway mode must not overwrite the full numbers.
-    if a.no_docs or (a.docs is None and (a.quick or modes != set(GATEWAY_MODES))):
+    if a.no_docs or (a.docs is None and a.plot_from is None and (a.quick or modes != set(GATEWAY_MODES))):
         docs = None
     return Settings(
         duration=a.duration,
@@ -160,6 +169,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         keep_logs=a.keep_logs,
         # PYTHONPATH decides which fleetgate the gateway runs (see fleetgate_source), so it belongs to the command.
         command=command_line(),
+        plot_from=a.plot_from,
     )
 
 
@@ -777,6 +787,9 @@ def start_gateways(run: Run, workdir: Path, upstream_port: int, children: list[C
 def main(argv: Sequence[str] | None = None) -> int:
     """Start the fake engine, the gateways and LiteLLM, measure, report, and stop them all."""
     settings = parse_args(argv)
+    if settings.plot_from is not None:
+        console.print(escape(publish_plot(plots.load(settings.plot_from), settings.docs_path)))
+        return 0
     # SIGTERM unwinds like Ctrl-C, through the finally below that stops every child.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     run = Run(settings, machine_info(("aiohttp", "uvicorn", "starlette", "uvloop", "httptools", "redis")))
@@ -865,7 +878,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.docs_path is not None:
         update_docs(settings.docs_path, SECTION, markdown_section(run, agg, checks))
         console.print(f"updated {settings.docs_path}")
+        medians = [{"target": k[0], "concurrency": k[1], "stream": k[2], **v} for k, v in sorted(agg.items())]
+        data = {"meta": run.meta, "settings": vars(settings), "medians": medians}
+        console.print(escape(publish_plot(data, settings.docs_path)))
     return 0
+
+
+def publish_plot(data: dict[str, Any], docs: Path | None) -> str:
+    """plots/overhead.png next to the docs (linked below this section's table); without docs, in docs/plots/."""
+    return plots.publish(
+        "overhead",
+        plots.overhead_figure,
+        data,
+        docs or DEFAULT_DOCS,
+        SECTION,
+        "Gateway overhead: req/s, p50 and p99 latency per target, mode and concurrency",
+        link=docs is not None,
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import json
 import os
 import platform
 import random
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import plots
 from fleetgate.fleet.metrics import ReplicaMetrics
 from fleetgate.fleet.replicas import Replica
 from fleetgate.routing.pipeline import RoutingPipeline
@@ -314,7 +316,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-mb", type=int, default=64)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--json", type=Path, default=None, dest="json_path", help="write raw numbers to this file")
+    parser.add_argument(
+        "--plot-from",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="only redraw the plot (and its docs link) from a --json result",
+    )
     args = parser.parse_args(argv)
+    if args.plot_from is not None:
+        print(publish_plot(plots.load(args.plot_from), link=not args.no_docs))
+        return 0
     m = machine()
     runs = []
     plugins: dict[str, Any] = {}
@@ -343,10 +356,36 @@ def main(argv: list[str] | None = None) -> int:
     section = render(m, runs, plugins, mem, " ".join(shown))
     print()
     print(section)
+    data = {
+        "meta": m,
+        "command": " ".join(shown),
+        "settings": vars(args),
+        "runs": runs,
+        "plugins": plugins,
+        "memory": mem,
+    }
+    if args.json_path is not None:
+        args.json_path.parent.mkdir(parents=True, exist_ok=True)
+        args.json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        print(f"raw numbers: {args.json_path}")
     if not args.no_docs:
         update_docs(DOCS, section)
         print(f"wrote {DOCS.relative_to(REPO)}")
+        print(publish_plot(data))
     return 0
+
+
+def publish_plot(data: dict[str, Any], link: bool = True) -> str:
+    """docs/plots/router_micro.png from a run's numbers, linked below the table of this section."""
+    return plots.publish(
+        "router_micro",
+        lambda d: plots.router_micro_figure(d, TARGET_P99_US),
+        data,
+        DOCS,
+        SECTION,
+        "score decision latency p50/p99 per index size",
+        link=link,
+    )
 
 
 if __name__ == "__main__":
