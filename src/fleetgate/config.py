@@ -168,7 +168,9 @@ class AdmissionConfig(_Strict):
     stale_after: float = Field(5.0, gt=0, description="seconds after which scraped engine metrics are ignored")
     shed_kv_threshold: float = Field(0.95, gt=0, le=1, description="KV pressure at which batch traffic is shed")
     max_queue: int = Field(1000, ge=1, description="waiting requests per model before new arrivals are refused")
-    quantum: int = Field(4096, ge=1, description="tokens a weight-1 tenant may be served per round")
+    quantum: int = Field(
+        64, ge=1, description="tokens a weight-1 tenant may be served per turn; small = fine-grained fairness"
+    )
     queue_timeout: dict[str, float] = Field(
         default_factory=lambda: {"interactive": 30.0, "standard": 60.0, "batch": 300.0},
         description="seconds a request may wait, per priority",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fleetgate.cli import apply, engine, keys, sim, stack, tenants, top, usage
+from fleetgate.cli import apply, engine, keys, sim, simulate, stack, tenants, top, usage
 
 app = typer.Typer(
     name="fleetgate",
@@ -15,6 +15,7 @@ app = typer.Typer(
 stack.register(app)
 apply.register(app)
 sim.register(app)
+simulate.register(app)
 top.register(app)
 app.add_typer(engine.app, name="engine")
 app.add_typer(tenants.app, name="tenants")
