@@ -70,7 +70,9 @@ async def test_fail_open_admits_via_the_fallback_without_hanging(
     assert time.monotonic() - started < 1.0
     assert all(isinstance(r, Reservation) for r in results)
     assert (lim.outages, lim.fallback_decisions, lim.degraded) == (1, 5, True)
-    assert len(caplog.records) == 1 and "unreachable" in caplog.records[0].getMessage()
+    # Only this module's records: another test's garbage-collected client may log through asyncio meanwhile.
+    ours = [r for r in caplog.records if r.name == "fleetgate.tenancy.limits.failover"]
+    assert len(ours) == 1 and "unreachable" in ours[0].getMessage()
     assert (await fallback.counters("acme", SPEC)).in_flight == 5
 
 
@@ -146,7 +148,7 @@ async def test_each_outage_is_counted_and_warned_once(caplog: pytest.LogCaptureF
             clock.advance(2.0)
             await lim.reserve("acme", str(clock.now), SPEC, 1, 0)
     assert lim.outages == 2
-    messages = [r.getMessage() for r in caplog.records]
+    messages = [r.getMessage() for r in caplog.records if r.name == "fleetgate.tenancy.limits.failover"]
     assert sum("unreachable" in m for m in messages) == 2
     assert sum("reachable again" in m for m in messages) == 2
 
