@@ -9,12 +9,12 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import event, inspect
 
 from fleetgate.db.engine import downgrade
 from fleetgate.errors import InvalidRequest
 from fleetgate.metering.events import UsageEvent
-from fleetgate.metering.ledger import DailyUsage, SqlLedger, TokenTotals
+from fleetgate.metering.ledger import MAX_BATCH, MAX_CHUNK, DailyUsage, SqlLedger, TokenTotals, chunk_sizes
 
 DAY1 = datetime(2026, 11, 2, tzinfo=UTC).timestamp()
 DAY2 = datetime(2026, 11, 3, tzinfo=UTC).timestamp()
@@ -109,6 +109,42 @@ async def test_concurrent_inserts_from_two_writers(db_url: str, ledger: SqlLedge
     assert row.cached_tokens == sum(range(300))
     assert row.completion_tokens == sum(10 + n for n in range(300))
     assert row.busy_seconds == pytest.approx(300.0)
+
+
+async def test_statement_texts_do_not_grow_with_batch_sizes(db_url: str) -> None:
+    # Every distinct SQL text is a prepared statement the driver keeps per connection (sqlite3 caches 128,
+    # asyncpg 100): one per batch size made a gateway's memory grow under a flood of rejected requests.
+    store = await SqlLedger.open(db_url, batch_size=MAX_BATCH)
+    texts: set[str] = set()
+
+    def record(conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool) -> None:
+        texts.add(statement)
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", record)
+    rng = random.Random(3)
+    sizes = [rng.randint(1, 300) for _ in range(40)] + [MAX_BATCH]
+    n = 0
+    try:
+        for size in sizes:
+            batch = [ev(n + i) for i in range(size)]
+            assert await store.insert(batch) == size
+            assert await store.insert(batch[: size // 2 + 1]) == 0  # still insert-or-ignore by event_id
+            n += size
+        assert only(await store.daily()).requests == n
+    finally:
+        await store.close()
+    inserts = {t for t in texts if t.startswith("INSERT INTO usage_events")}
+    # powers of two up to 512 only, whatever the batch sizes (40 random sizes gave ~40 texts before)
+    assert len(inserts) <= MAX_CHUNK.bit_length(), len(inserts)
+    assert len(texts) <= len(inserts) + 3, sorted(t[:60] for t in texts)
+
+
+def test_chunk_sizes_are_powers_of_two_that_add_up() -> None:
+    for n in [*range(0, 1100), 5000]:
+        sizes = chunk_sizes(n)
+        assert sum(sizes) == n and sizes == sorted(sizes, reverse=True)
+        assert all(s & (s - 1) == 0 and s <= MAX_CHUNK for s in sizes)
+        assert len(sizes) <= n // MAX_CHUNK + MAX_CHUNK.bit_length()
 
 
 async def test_rollups_split_by_day_tenant_model_adapter_and_gpu(ledger: SqlLedger) -> None:

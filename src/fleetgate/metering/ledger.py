@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # Rows per INSERT: 19 bound parameters each stays far below SQLite's and asyncpg's 32,767-parameter limits.
 MAX_BATCH = 1000
+# Rows per INSERT ... RETURNING are powers of two up to this: at most 10 distinct statement texts (see _insert_in).
+MAX_CHUNK = 512
 MAX_PAGE = 1000
 _RETRIES = 3
 _COUNTS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "busy_seconds")
@@ -119,6 +121,12 @@ def _statements(dialect_name: str) -> tuple[Any, Any]:
         set_={name: usage_daily.c[name] + up.excluded[name] for name in _SUMMED},
     )
     return insert_events, upsert_daily
+
+
+def chunk_sizes(n: int) -> list[int]:
+    """`n` split into powers of two, largest first (at most MAX_CHUNK): the row counts of the INSERTs for `n`."""
+    rest = n % MAX_CHUNK
+    return [MAX_CHUNK] * (n // MAX_CHUNK) + [1 << b for b in range(rest.bit_length() - 1, -1, -1) if rest >> b & 1]
 
 
 def _row(event: UsageEvent) -> dict[str, Any]:
@@ -215,8 +223,16 @@ class SqlLedger:
         insert_events, upsert_daily = _statements(conn.dialect.name)
         # One fixed statement executed with many parameter sets: SQLAlchemy compiles it once and caches it
         # (a multi-VALUES statement built per batch was recompiled every time: ~60 ms of loop time per 250 rows).
-        result = await conn.execute(insert_events, [_row(e) for e in batch])
-        inserted = set(result.scalars().all())
+        # With RETURNING, SQLAlchemy still sends it as one multi-VALUES INSERT per execute, whose text depends on
+        # the row count, and every distinct text is a prepared statement the driver keeps per connection (sqlite3
+        # caches 128, asyncpg 100, each holding a plan for up to 512 x 19 parameters): one per batch size made
+        # the gateway's memory grow for as long as new batch sizes came. Power-of-two chunks bound the texts.
+        inserted: set[str] = set()
+        start = 0
+        for size in chunk_sizes(len(batch)):
+            result = await conn.execute(insert_events, [_row(e) for e in batch[start : start + size]])
+            inserted.update(result.scalars().all())
+            start += size
         if not inserted:
             return 0
         await conn.execute(upsert_daily, _rollups(e for e in batch if e.event_id in inserted))
