@@ -171,6 +171,21 @@ class AdmissionConfig(_Strict):
     quantum: int = Field(
         64, ge=1, description="tokens a weight-1 tenant may be served per turn; small = fine-grained fairness"
     )
+    reserve_slots: int = Field(
+        1,
+        ge=0,
+        description="a model's last slots only tenants under their weighted share may take while other tenants are"
+        " active, so a quiet tenant starts at once next to a noisy one (0 and reserve_fraction 0 = off)",
+    )
+    reserve_fraction: float = Field(
+        0.05, ge=0, lt=1, description="the reserve as a share of the model's capacity, when more than reserve_slots"
+    )
+    active_window: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a tenant keeps a share (and the reserve is held for it) after its last request"
+        " arrived or ended",
+    )
     queue_timeout: dict[str, float] = Field(
         default_factory=lambda: {"interactive": 30.0, "standard": 60.0, "batch": 300.0},
         description="seconds a request may wait, per priority",

@@ -2,9 +2,11 @@
 
 Saturation is judged from real signals, per model: this gateway's admitted requests against the sum of each
 healthy replica's allowance (a configured max in flight per replica, or the engine's slots x 2), minus replicas
-whose engine reports its own queue past a bound (other gateways' traffic shows there) . KV pressure above a
+whose engine reports its own queue past a bound (other gateways' traffic shows there). KV pressure above a
 threshold sheds `batch` traffic first. A queued request has a deadline; past it the client gets 503 with
-Retry-After. A full queue refuses new arrivals at once, lowest priority first.
+Retry-After. A full queue refuses new arrivals at once, lowest priority first. The last few slots of a model are
+held back for tenants under their weighted share (see reserve.py), so a quiet tenant next to a noisy one starts
+at once instead of waiting for a running request to end.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fleetgate.config import AdmissionConfig
 from fleetgate.errors import InvalidRequest, Overloaded, RateLimited
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.scheduling.fair_queue import PRIORITIES, FairQueue, Ticket
+from fleetgate.scheduling.reserve import ReservePolicy, ShareReserve, TenantShares
 
 BATCH = PRIORITIES.index("batch")
 
@@ -28,12 +31,15 @@ class Slot:
 
     model: str
     waited: float
+    tenant: str = ""
+    priority: int = PRIORITIES.index("standard")
     released: bool = False
 
 
 @dataclass
 class _ModelState:
     queue: FairQueue[asyncio.Future[Slot]]
+    shares: TenantShares
     admitted: int = 0
     shed: dict[str, int] = field(default_factory=dict)
 
@@ -42,11 +48,16 @@ class AdmissionController:
     """One per gateway process; `acquire` before routing, `release` when the request ends."""
 
     def __init__(
-        self, cfg: AdmissionConfig, registry: ReplicaRegistry, clock: Callable[[], float] = time.monotonic
+        self,
+        cfg: AdmissionConfig,
+        registry: ReplicaRegistry,
+        clock: Callable[[], float] = time.monotonic,
+        reserve: ReservePolicy | None = None,
     ) -> None:
         self.cfg = cfg
         self.registry = registry
         self.clock = clock
+        self.reserve = reserve or ShareReserve(cfg.reserve_slots, cfg.reserve_fraction)
         self._models: dict[str, _ModelState] = {}
         self._ticker: asyncio.Task[None] | None = None
         self.wait_observer: Callable[[str, float], None] | None = None  # (priority, seconds) for metrics
@@ -54,8 +65,18 @@ class AdmissionController:
     def _state(self, model: str) -> _ModelState:
         state = self._models.get(model)
         if state is None:
-            state = self._models[model] = _ModelState(FairQueue(self.cfg.quantum))
+            state = self._models[model] = _ModelState(FairQueue(self.cfg.quantum), TenantShares(self.cfg.active_window))
         return state
+
+    def _may_take(self, state: _ModelState, tenant: str, priority: int, weight: int, capacity: int) -> bool:
+        if state.admitted >= capacity:
+            return False
+        if state.admitted < capacity - self.reserve.reserved(capacity):
+            return True
+        # Inside the reserve: only a tenant holding less than its weighted share of the capacity, among the
+        # tenants active at this priority or a higher one (a tenant alone there has all of it).
+        total = state.shares.weight_at(priority, self.clock(), state.queue.waiting())
+        return state.shares.holding(tenant) * total < capacity * weight
 
     def replica_allowance(self, replica: Replica) -> int:
         """How many requests this gateway may have on a replica at once."""
@@ -113,10 +134,16 @@ class AdmissionController:
                     retry_after=5,
                     reason="kv_pressure",
                 )
-        if not len(state.queue) and state.admitted < self.capacity(model):
-            state.admitted += 1
+        state.shares.arrived(tenant, priority, weight, self.clock())
+        capacity = self.capacity(model)
+        if len(state.queue) and state.admitted < capacity:
+            self._dispatch(model, state, capacity)  # capacity can grow between releases and ticks
+        ahead = state.queue.peek_priority()
+        # Straight through when the rule lets it take a slot and nothing of a higher priority waits. Requests of
+        # its own class still waiting here are ones the reserve holds back (tenants over their share).
+        if (ahead is None or ahead >= priority) and self._may_take(state, tenant, priority, weight, capacity):
             self._observe(priority, 0.0)
-            return Slot(model, 0.0)
+            return self._grant(state, model, tenant, priority)
         return await self._wait(state, model, tenant, priority, cost, weight, timeout)
 
     async def _wait(
@@ -189,18 +216,27 @@ class AdmissionController:
         slot.released = True
         state = self._state(slot.model)
         state.admitted -= 1
+        state.shares.ended(slot.tenant, slot.priority, self.clock())
         self._dispatch(slot.model, state)
 
-    def _dispatch(self, model: str, state: _ModelState) -> None:
-        capacity = self.capacity(model)
-        while len(state.queue) and state.admitted < capacity:
-            ticket = state.queue.pop()
+    def _grant(self, state: _ModelState, model: str, tenant: str, priority: int) -> Slot:
+        state.admitted += 1
+        state.shares.started(tenant, priority)
+        return Slot(model, 0.0, tenant, priority)
+
+    def _dispatch(self, model: str, state: _ModelState, capacity: int | None = None) -> None:
+        room = self.capacity(model) if capacity is None else capacity
+
+        def allow(ticket: Ticket[asyncio.Future[Slot]]) -> bool:
+            return self._may_take(state, ticket.tenant, ticket.priority, ticket.weight, room)
+
+        while len(state.queue) and state.admitted < room:
+            ticket = state.queue.pop(allow)
             if ticket is None:
-                break
+                break  # what waits is held back by the reserve
             if ticket.item.done():
                 continue
-            state.admitted += 1
-            ticket.item.set_result(Slot(model, 0.0))
+            ticket.item.set_result(self._grant(state, model, ticket.tenant, ticket.priority))
 
     def start(self) -> None:
         """Re-check capacity periodically: replicas recover and engine queues drain without a release here."""
@@ -215,7 +251,9 @@ class AdmissionController:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.tick_interval)
+            now = self.clock()
             for model, state in self._models.items():
+                state.shares.expire(now, state.queue.waiting())  # so idle tenants are forgotten
                 self._dispatch(model, state)
 
     def depths(self) -> dict[tuple[str, str, str], int]:

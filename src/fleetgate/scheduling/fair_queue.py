@@ -9,6 +9,7 @@ decision when the quantum is at least the typical request cost.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -57,14 +58,25 @@ class FairQueue(Generic[T]):
         line.append(ticket)
         cls.size += 1
 
-    def pop(self) -> Ticket[T] | None:
-        """The next request to serve: highest priority class first, DRR across its tenants."""
+    def pop(self, allow: Callable[[Ticket[T]], bool] | None = None) -> Ticket[T] | None:
+        """The next request to serve: highest priority class first, DRR across its tenants.
+
+        With `allow`, tenants whose head request it refuses are passed over (their turn ends, their deficit
+        carries); when it refuses every tenant of the highest waiting class, nothing is served: a lower class
+        never gets what a higher one was refused, so priorities stay strict.
+        """
         for cls in self._classes:
             if cls.size == 0:
                 continue
+            if allow is not None and not any(allow(line[0]) for line in cls.queues.values()):
+                return None
             while True:
                 tenant, line = next(iter(cls.queues.items()))
                 head = line[0]
+                if allow is not None and not allow(head):
+                    cls.queues.move_to_end(tenant)
+                    cls.visited = False
+                    continue
                 if not cls.visited:
                     cls.deficit[tenant] += self.quantum * head.weight
                     cls.visited = True
@@ -120,6 +132,12 @@ class FairQueue(Generic[T]):
             mine = len(cls.queues.get(arrival.tenant, ()))
             return line[-1] if hog != arrival.tenant and len(line) > mine + 1 else None
         return None
+
+    def waiting(self) -> Iterator[tuple[str, int]]:
+        """(tenant, priority index) of every tenant with a request waiting."""
+        for index, cls in enumerate(self._classes):
+            for tenant in cls.queues:
+                yield tenant, index
 
     def depths(self) -> dict[tuple[str, str], int]:
         """Queued requests per (tenant, priority name), for metrics."""
