@@ -16,7 +16,7 @@ import orjson
 from fleetgate.errors import ConfigError
 from fleetgate.routing.request import render_messages
 from fleetgate.scheduling.fair_queue import PRIORITIES
-from fleetgate.sim.text import IM_END, WORDS, TextGenerator, encode, piece_id, render_chat
+from fleetgate.sim.text import IM_END, WORDS, TextGenerator, encode, piece_id, render_chat, split_pieces
 
 _STANDARD = PRIORITIES.index("standard")
 _POOL = 1 << 16  # random words shared by every message: a span of it is a message, cut in O(1)
@@ -194,7 +194,9 @@ class TraceWorkload:
     Fields (aliases in brackets): `arrival` [`t`, `started_at`] seconds (shifted to start at 0); `tenant`
     [`tenant_id`]; the prompt as `messages` (chat), `prompt` (text) or `prompt_tokens` (a count only, as in a
     ledger export: the tokens are then unique to the request and the router sees no text); `max_tokens`;
-    `completion_tokens` (the recorded answer length; else the profile's range, seeded); `session` [`user`];
+    `completion_tokens` (the recorded answer length; else the profile's range, seeded); `reply` (the recorded
+    answer's text: the engine says exactly it, so a follow-up turn that quotes it finds it cached as it would on
+    the engine that wrote it); `session` [`user`];
     `priority` (interactive, standard, batch). Ledger rows with status `rejected` never reached an engine and
     are skipped.
     """
@@ -245,7 +247,11 @@ class TraceWorkload:
         priority = row.get("priority", "standard")
         if priority not in PRIORITIES:
             raise ConfigError(f"{where}: priority must be one of {', '.join(PRIORITIES)}")
-        reply = [" " + WORDS[(index + i) % len(WORDS)] for i in range(out)]
+        recorded = row.get("reply")
+        if isinstance(recorded, str) and recorded:
+            reply = split_pieces(recorded)[: max(1, max_tokens)]
+        else:
+            reply = [" " + WORDS[(index + i) % len(WORDS)] for i in range(out)]
         return SimRequest(
             index=index,
             arrival=arrival,
