@@ -4,17 +4,20 @@ Real processes on 127.0.0.1: 2 `sim-engine` replicas (profile smollm2-llamacpp-l
 each) behind one `fleetgate up --engine ... --engine ...` gateway (admission: 2 in flight per replica, a queue of
 20, 5 s deadlines). Two tenants of weight 1 are created through the admin API.
 
-1. Fairness, for the default DRR quantum and for a quantum of about one request (32 tokens): the quiet tenant sends
-   a steady open-loop trickle (5 req/s, streamed) alone, then while the noisy tenant keeps 10x its share of the
-   fleet in flight (20 closed-loop workers; its fair share is 2 of the 4 slots). Target: the quiet tenant's TTFT
-   p99 under the noisy load is within 2x of its p99 alone.
-2. Memory, for both quanta: a separate load-generator process offers ~1,000 req/s of the noisy tenant (open
+1. Fairness: the quiet tenant sends a steady open-loop trickle (5 req/s, streamed) alone, then while the noisy
+   tenant keeps 10x its share of the fleet in flight (20 closed-loop workers; its fair share is 2 of the 4 slots),
+   then (control) while the noisy tenant keeps exactly its share in flight. Target: the quiet tenant's TTFT p99
+   under the noisy load is within 2x of its p99 alone. For contrast, the same gateway with the reserve for
+   tenants under their share turned off (plain work-conserving DRR) runs the first two phases. The engines'
+   own queues (vllm:num_requests_waiting) are sampled meanwhile: admission should keep them empty.
+2. Memory (default settings): a separate load-generator process offers ~1,000 req/s of the noisy tenant (open
    loop, at most 512 outstanding) for --duration seconds, far beyond the fleet's capacity, while the quiet
    trickle goes on. The gateway's VmRSS is sampled from /proc every 0.25 s (start, peak, end, 5 s after) and its
    VmHWM read at the end. Target: memory stays flat (at most +5 MB over the flood's second half: no trend; peak
    within +25% of the RSS at the flood's start: a bounded working set).
 
 Usage: .venv/bin/python bench/overload.py [--duration 60] [--phase 30] [--rate 1000] [--no-docs] [--json PATH]
+       .venv/bin/python bench/overload.py --report-from PATH   (print and publish a saved --json run again)
 """
 
 from __future__ import annotations
@@ -41,11 +44,17 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from fleetgate.config import AdmissionConfig
+from fleetgate.scheduling.reserve import ShareReserve
+from fleetgate.tenancy.policy import estimate_input_tokens
 from loadgen import percentile
-from procs import Child, cpu_seconds, free_port, machine_busy_seconds, start, wait_ready
+from procs import CLK_TCK, Child, cpu_seconds, free_port, start, wait_ready
 from report import DEFAULT_DOCS, command_line, loadavg, machine_info, machine_line, update_docs
 
 SECTION = "## Overload (bench/overload.py)"
+DEFAULTS = AdmissionConfig()
+DEFAULT_QUANTUM = DEFAULTS.quantum
+RESERVE_OFF = {"FLEETGATE_ADMISSION__RESERVE_SLOTS": "0", "FLEETGATE_ADMISSION__RESERVE_FRACTION": "0"}
 ADMIN_KEY = "fg-admin-0123456789abcdef"
 MODEL = "smollm2"
 PROFILE = "smollm2-llamacpp-local"
@@ -55,11 +64,12 @@ FAIR_SHARE = REPLICAS * SLOTS // 2  # two tenants of equal weight
 NOISY_WORKERS = 10 * FAIR_SHARE
 MAX_QUEUE = 20
 QUEUE_TIMEOUT = 5.0
-TUNED_QUANTUM = 32  # about one request here: an estimated 7-token prompt + max_tokens 16
 CALL_TIMEOUT = 30.0  # every client call is bounded
 MESSAGES = [{"role": "user", "content": "Say hello in five words."}]
 STREAM_BODY = orjson.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": 16, "stream": True})
 PLAIN_BODY = orjson.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": 16})
+PROMPT_ESTIMATE = estimate_input_tokens(orjson.loads(PLAIN_BODY))
+REQUEST_COST = PROMPT_ESTIMATE + 16  # tokens admission charges per request here: the estimate plus max_tokens
 TTFT_RATIO_TARGET = 2.0
 RSS_TREND_TARGET_MB = 5.0  # flat: RSS grows at most this much over the flood's second half (no trend)
 RSS_PEAK_TARGET = 0.25  # and the peak stays within +25% of the RSS at the flood's start (a bounded working set)
@@ -187,6 +197,14 @@ class Phase:
     gateway_cpu: float = 0.0  # share of one core
     machine_busy: float = 0.0  # busy share of all CPUs together, in cores
     other_cpu: float = 0.0  # cores used by processes this benchmark did not start (noise)
+    engine_waiting: list[int] = field(default_factory=list)  # the longest engine queue, sampled every 0.1 s
+
+    def engine_queue(self) -> str:
+        """How often an engine had requests waiting in its own queue, and the most seen."""
+        samples = self.engine_waiting
+        if not samples:
+            return "-"
+        return f"{sum(1 for w in samples if w) / len(samples):.0%} / {max(samples)}"
 
 
 @dataclass
@@ -194,7 +212,8 @@ class ConfigRun:
     """Everything measured against one gateway configuration."""
 
     label: str
-    quantum: int | None
+    env: dict[str, str]  # admission settings over the gateway's defaults
+    full: bool = True  # every phase (control and flood too), or only alone and noisy
     phases: dict[str, Phase] = field(default_factory=dict)
     shed: dict[str, float] = field(default_factory=dict)  # fleetgate_shed_total by reason, at the end
     rss: list[tuple[float, int, int]] = field(default_factory=list)  # (t, VmRSS kB, VmHWM kB)
@@ -244,6 +263,23 @@ async def _trickle(http: aiohttp.ClientSession, url: str, key: str, rate: float,
     return out
 
 
+async def _sample_engine_queues(http: aiohttp.ClientSession, engines: list[str], out: list[int]) -> None:
+    """The longest `vllm:num_requests_waiting` among the engines, every 0.1 s until cancelled."""
+    while True:
+        longest = 0
+        for engine in engines:
+            try:
+                async with asyncio.timeout(2.0), http.get(f"{engine}/metrics") as resp:
+                    text = await resp.text()
+            except (TimeoutError, aiohttp.ClientError):
+                continue
+            for line in text.splitlines():
+                if line.startswith("vllm:num_requests_waiting"):
+                    longest = max(longest, int(float(line.rsplit(" ", 1)[1])))
+        out.append(longest)
+        await asyncio.sleep(0.1)
+
+
 async def _sample_rss(pid: int, samples: list[tuple[float, int, int]], t0: float) -> None:
     """VmRSS and VmHWM of `pid` every 0.25 s until cancelled."""
     status = Path(f"/proc/{pid}/status")
@@ -254,6 +290,13 @@ async def _sample_rss(pid: int, samples: list[tuple[float, int, int]], t0: float
             return
         samples.append((time.monotonic() - t0, int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])))
         await asyncio.sleep(0.25)
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """CPU seconds all CPUs were busy since boot, and the part of it spent in irq, softirq and steal (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK, (irq + softirq + steal) / CLK_TCK
 
 
 def _own_cpu() -> float:
@@ -320,7 +363,7 @@ class Bench:
             self.engines.append(f"http://127.0.0.1:{port}")
             self.sim_pids.append(child.pid)
 
-    def start_gateway(self, label: str, quantum: int | None) -> tuple[Child, str]:
+    def start_gateway(self, label: str, extra_env: dict[str, str]) -> tuple[Child, str]:
         """`fleetgate up` in front of the engines with its own state dir; ready when it sees both replicas."""
         port = free_port()
         state = self.workdir / f"gw-{label}"
@@ -332,8 +375,7 @@ class Bench:
             "FLEETGATE_ADMISSION__MAX_QUEUE": str(MAX_QUEUE),
             "FLEETGATE_ADMISSION__QUEUE_TIMEOUT": "{interactive: %g, standard: %g, batch: %g}" % ((QUEUE_TIMEOUT,) * 3),
         }
-        if quantum is not None:
-            env["FLEETGATE_ADMISSION__QUANTUM"] = str(quantum)
+        env.update(extra_env)
         args = [sys.executable, "-m", "fleetgate.cli.main", "up", "--port", str(port), "--no-self-test"]
         args += [a for url in self.engines for a in ("--engine", url)]
         child = start(f"gateway-{label}", args, self.workdir / f"gateway-{label}.log", env=env)
@@ -365,20 +407,26 @@ class Bench:
         seconds = self.s.duration if name == "flood" else self.s.phase
         roles = {"gateway": gw_pid, **{f"sim{i}": pid for i, pid in enumerate(self.sim_pids)}}
         # CPU is counted from before the load starts until it was reaped, so its own CPU is in RUSAGE_CHILDREN.
-        cpu0, busy0, t0, mine0 = cpu_seconds(roles), machine_busy_seconds(), time.monotonic(), _own_cpu()
+        cpu0, (busy0, irq0), t0, mine0 = cpu_seconds(roles), _machine_cpu(), time.monotonic(), _own_cpu()
         child = out = None
         if load is not None:
             child, out = self.load_process(f"load-{name}-{gw_pid}", {**load, "duration": seconds + 1.0})
             await asyncio.sleep(1.0)  # the load ramps up (and its interpreter starts) before the quiet trickle
         began = time.monotonic()
-        quiet = await _trickle(http, url, quiet_key, self.s.quiet_rate, seconds)
+        waiting: list[int] = []
+        sampler = asyncio.create_task(_sample_engine_queues(http, self.engines, waiting))
+        try:
+            quiet = await _trickle(http, url, quiet_key, self.s.quiet_rate, seconds)
+        finally:
+            sampler.cancel()
+            await asyncio.gather(sampler, return_exceptions=True)
         elapsed = time.monotonic() - began
         result = None
         if child is not None and out is not None:
             await asyncio.to_thread(child.proc.wait, CALL_TIMEOUT + 30)
             child.stop()
             result = LoadResult(**json.loads(out.read_text()))
-        cpu1, busy1, mine1 = cpu_seconds(roles), machine_busy_seconds(), _own_cpu()
+        cpu1, (busy1, irq1), mine1 = cpu_seconds(roles), _machine_cpu(), _own_cpu()
         window = time.monotonic() - t0
         ours = sum(cpu1[r] - cpu0[r] for r in roles) + mine1 - mine0
         return Phase(
@@ -388,7 +436,8 @@ class Bench:
             result,
             gateway_cpu=(cpu1["gateway"] - cpu0["gateway"]) / window,
             machine_busy=(busy1 - busy0) / window,
-            other_cpu=max(0.0, (busy1 - busy0) - ours) / window,
+            other_cpu=max(0.0, (busy1 - busy0) - (irq1 - irq0) - ours) / window,
+            engine_waiting=waiting,
         )
 
     async def measure(self, run: ConfigRun, url: str, gw_pid: int) -> None:
@@ -408,19 +457,20 @@ class Bench:
                 console.print(f"[{run.label}] quiet next to noisy x{NOISY_WORKERS} closed loop, {self.s.phase:.0f} s")
                 closed = {"mode": "closed", "url": url, "key": noisy, "workers": NOISY_WORKERS}
                 run.phases["noisy"] = await self.phase(http, "noisy", url, quiet, gw_pid, closed)
-                if run.quantum is not None:
+                if run.full:
                     # Control: the noisy tenant at exactly its share leaves a slot free for the quiet one most of
                     # the time, so this shows how much of the TTFT rise is waiting for a slot at saturation.
                     console.print(f"[{run.label}] quiet next to noisy x{FAIR_SHARE} (its share), {self.s.phase:.0f} s")
                     share = {**closed, "workers": FAIR_SHARE}
                     run.phases["noisy-1x"] = await self.phase(http, "noisy-1x", url, quiet, gw_pid, share)
-                console.print(f"[{run.label}] flood {self.s.rate:.0f} req/s open loop, {self.s.duration:.0f} s")
-                spec = {"mode": "open", "url": url, "key": noisy, "rate": self.s.rate, "max_outstanding": 512}
-                started = time.monotonic() - t0
-                # the window starts when the load is running (the phase waits 1 s for it to ramp up)
-                run.phases["flood"] = await self.phase(http, "flood", url, quiet, gw_pid, spec)
-                run.flood_window = (started + 1.0, started + 1.0 + run.phases["flood"].seconds)
-                await asyncio.sleep(5.0)  # RSS after the flood, once the gateway settled
+                if run.full:
+                    console.print(f"[{run.label}] flood {self.s.rate:.0f} req/s open loop, {self.s.duration:.0f} s")
+                    spec = {"mode": "open", "url": url, "key": noisy, "rate": self.s.rate, "max_outstanding": 512}
+                    started = time.monotonic() - t0
+                    # the window starts when the load is running (the phase waits 1 s for it to ramp up)
+                    run.phases["flood"] = await self.phase(http, "flood", url, quiet, gw_pid, spec)
+                    run.flood_window = (started + 1.0, started + 1.0 + run.phases["flood"].seconds)
+                    await asyncio.sleep(5.0)  # RSS after the flood, once the gateway settled
                 run.shed = await _shed(http, url)
         finally:
             sampler.cancel()
@@ -482,6 +532,7 @@ def fairness_rows(runs: list[ConfigRun]) -> list[list[str]]:
                     _statuses(phase.quiet.statuses),
                     f"{load.sent / load.elapsed:,.0f}" if load else "-",
                     _statuses(load.statuses) if load else "-",
+                    phase.engine_queue(),
                     f"{phase.gateway_cpu:.0%}",
                     f"{phase.machine_busy:.2f}",
                     f"{phase.other_cpu:.2f}",
@@ -500,6 +551,7 @@ FAIRNESS_HEAD = [
     "quiet statuses",
     "other req/s sent",
     "other statuses",
+    "engine queue (time non-empty / max)",
     "gateway CPU",
     "machine busy (cores)",
     "other CPU (cores)",
@@ -600,6 +652,7 @@ def rss_trajectory(run: ConfigRun, step: float = 10.0) -> list[float]:
 
 def flood_table(runs: list[ConfigRun]) -> tuple[list[str], list[list[str]]]:
     """The flood's numbers, one column per gateway."""
+    runs = [r for r in runs if "flood" in r.phases]
     values = [_flood_values(r) for r in runs]
     keys = list(dict.fromkeys(k for v in values for k in v))
     return ["flood", *(r.label for r in runs)], [[k, *(v.get(k, "-") for v in values)] for k in keys]
@@ -633,6 +686,7 @@ def print_report(runs: list[ConfigRun], rate: float) -> None:
 
 def docs_section(runs: list[ConfigRun], s: Settings, meta: dict[str, Any]) -> str:
     """The Markdown section for docs/benchmarks.md."""
+    held = ShareReserve(DEFAULTS.reserve_slots, DEFAULTS.reserve_fraction).reserved(REPLICAS * SLOTS)
     setup = (
         f"Setup: {REPLICAS} `sim-engine` replicas (`python -m fleetgate.cli.sim --profile {PROFILE} --time-scale 5 "
         f"--max-num-seqs {SLOTS}`: the llama.cpp timing measured on this machine, run 5x faster) behind one "
@@ -640,20 +694,30 @@ def docs_section(runs: list[ConfigRun], s: Settings, meta: dict[str, Any]) -> st
         f"`FLEETGATE_ADMISSION__MAX_IN_FLIGHT_PER_REPLICA={SLOTS}`, `MAX_QUEUE={MAX_QUEUE}`, `QUEUE_TIMEOUT` "
         f"{QUEUE_TIMEOUT:g} s for every priority; fleet capacity is {REPLICAS * SLOTS} requests in flight. Two "
         f"tenants (`quiet`, `noisy`, weight 1, standard priority, no limits) are created through the admin API. "
-        f"Requests are chat completions of `{MODEL}` with a 7-token prompt estimate and `max_tokens` 16. The quiet "
+        f"Requests are chat completions of `{MODEL}` with a {PROMPT_ESTIMATE}-token prompt estimate and "
+        f"`max_tokens` 16. The quiet "
         f"tenant sends an open-loop trickle of {s.quiet_rate:g} streamed req/s from the benchmark process; its "
         f"TTFT is measured to the first SSE chunk carrying content. Phases: `alone` ({s.phase:g} s, after 2 s of "
         f"warm-up), `noisy` ({s.phase:g} s, while a separate process runs {NOISY_WORKERS} closed-loop streamed "
-        f"clients of the noisy tenant = 10x its fair share of 2 slots, each retrying 0.1 s after a refusal), for "
-        f"the quantum-{TUNED_QUANTUM} gateway also `noisy-1x` ({s.phase:g} s, the same with {FAIR_SHARE} clients: "
-        f"exactly its share, a control for how much of the TTFT rise is waiting for a slot at saturation), and "
-        f"`flood` ({s.duration:g} s, while a separate process offers {s.rate:,.0f} non-streamed req/s of the noisy "
-        f"tenant open loop, at most 512 outstanding, via aiohttp on uvloop). Both gateway configurations are "
-        f"measured: the default DRR quantum (4096 tokens) and `FLEETGATE_ADMISSION__QUANTUM={TUNED_QUANTUM}` "
-        f"(about one request). Gateway RSS is VmRSS from `/proc/<pid>/status` sampled every 0.25 s (VmHWM is the "
+        f"clients of the noisy tenant = 10x its fair share of 2 slots, each retrying 0.1 s after a refusal), "
+        f"`noisy-1x` ({s.phase:g} s, the same with {FAIR_SHARE} clients: exactly its share, a control for how much "
+        f"of the TTFT rise is waiting for a slot at saturation), and `flood` ({s.duration:g} s, while a separate "
+        f"process offers {s.rate:,.0f} non-streamed req/s of the noisy tenant open loop, at most 512 outstanding, "
+        f"via aiohttp on uvloop). The gateway runs with the default admission settings otherwise: DRR quantum "
+        f"{DEFAULT_QUANTUM} tokens, and the reserve (`reserve_slots` {DEFAULTS.reserve_slots}, `reserve_fraction` "
+        f"{DEFAULTS.reserve_fraction:g}: here {held} "
+        f"of the {REPLICAS * SLOTS} slots) that only tenants under their weighted share may take while another "
+        f"tenant was active in the last {DEFAULTS.active_window:g} s; for contrast a second gateway with the "
+        f"reserve off (`FLEETGATE_ADMISSION__RESERVE_SLOTS=0`, `RESERVE_FRACTION=0`: plain work-conserving DRR, "
+        f"the previous behaviour) runs `alone` and `noisy` only. Engine queue is how much of the phase either "
+        f"engine had requests waiting in its own queue (`vllm:num_requests_waiting` from its /metrics, sampled "
+        f"every 0.1 s by the benchmark) and the most seen; the engines run `--max-num-seqs {SLOTS}`, the gateway "
+        f"admits {SLOTS} per replica, so admission alone should keep them at 0. "
+        f"Gateway RSS is VmRSS from `/proc/<pid>/status` sampled every 0.25 s (VmHWM is the "
         f"process's lifetime peak). Gateway CPU is utime+stime of its process over the phase (from before the "
         f"other load starts until it ended); machine busy is the busy time of all CPUs (/proc/stat) in cores; "
-        f"other CPU is machine busy minus what the gateway, the engines, the benchmark and its load generators "
+        f"other CPU is machine busy minus irq, softirq and steal time minus what the gateway, the engines, the "
+        f"benchmark and its load generators "
         f"used: processes this benchmark did not start (noise). Gateway, engines and clients share the same "
         f"{meta['nproc']} CPUs."
     )
@@ -662,7 +726,7 @@ def docs_section(runs: list[ConfigRun], s: Settings, meta: dict[str, Any]) -> st
         "",
         machine_line(meta),
         "",
-        f"Command: `{command_line()}`",
+        f"Command: `{meta.get('command') or command_line()}`",
         "",
         setup,
         "",
@@ -674,8 +738,64 @@ def docs_section(runs: list[ConfigRun], s: Settings, meta: dict[str, Any]) -> st
         "",
         *(f"- {line}" for line in verdicts(runs, s.rate)),
         "",
+        *([reading(runs), ""] if "noisy-1x" in runs[0].phases else []),
     ]
     return "\n".join(parts)
+
+
+def _served(phase: Phase) -> float:
+    """Requests per second that got a 200 in a phase, both tenants."""
+    assert phase.load is not None
+    return phase.load.statuses.get("200", 0) / phase.load.elapsed + phase.quiet.statuses.get("200", 0) / phase.seconds
+
+
+def reading(runs: list[ConfigRun]) -> str:
+    """What the phases say about the TTFT target, from the numbers of the default run and the contrast."""
+    run = runs[0]
+    alone, noisy, share = (run.phases[k] for k in ("alone", "noisy", "noisy-1x"))
+    assert noisy.load is not None
+    slots = REPLICAS * SLOTS
+    held = ShareReserve(DEFAULTS.reserve_slots, DEFAULTS.reserve_fraction).reserved(slots)
+    text = "Reading:"
+    contrast = next((r for r in runs[1:] if "noisy" in r.phases), None)
+    if contrast is not None:
+        c_alone, c_noisy = contrast.phases["alone"], contrast.phases["noisy"]
+        served = _served(c_noisy)
+        text += (
+            f" without the reserve ({contrast.label}) the noisy tenant at 10x its share keeps all {slots} slots busy "
+            f"({served:.1f} req/s went through, so a request held its slot about {slots / served * 1e3:.0f} ms); the "
+            f"fair queue puts a quiet request first in line, but it still waits for the first running request to "
+            f"end: quiet p99 {c_noisy.quiet.p(99):.1f} ms ({c_noisy.quiet.p(99) / c_alone.quiet.p(99):.2f}x its "
+            f"{c_alone.quiet.p(99):.1f} ms alone)."
+        )
+    text += (
+        f" With the reserve the noisy tenant may take {slots - held} of the {slots} slots while the quiet tenant is "
+        f"active, so a quiet request finds a free slot on arrival: quiet p99 {noisy.quiet.p(99):.1f} ms "
+        f"({noisy.quiet.p(99) / alone.quiet.p(99):.2f}x alone; with the noisy tenant at exactly its share "
+        f"{share.quiet.p(99):.1f} ms)."
+    )
+    if contrast is not None:
+        text += (
+            f" The price is throughput while the reserved slot idles between quiet requests: {_served(noisy):.1f} "
+            f"req/s served in all with the reserve vs {_served(contrast.phases['noisy']):.1f} without."
+        )
+    return text
+
+
+def load_runs(path: Path) -> tuple[dict[str, Any], list[ConfigRun]]:
+    """The meta data and runs of a `--json` file, for `--report-from`."""
+    raw = json.loads(path.read_text())
+    runs = []
+    for r in raw["runs"]:
+        phases = {}
+        for name, ph in r["phases"].items():
+            load = LoadResult(**ph["load"]) if ph["load"] is not None else None
+            phases[name] = Phase(**{**ph, "quiet": Trickle(**ph["quiet"]), "load": load})
+        window = tuple(r["flood_window"]) if r["flood_window"] is not None else None
+        rss = [(t, rss_kb, hwm_kb) for t, rss_kb, hwm_kb in r["rss"]]
+        r.pop("quantum", None)  # files from before the contrast was the reserve
+        runs.append(ConfigRun(**{"env": {}, **r, "phases": phases, "rss": rss, "flood_window": window}))
+    return raw["meta"], runs
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -715,6 +835,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--docs", type=Path, default=DEFAULT_DOCS, help=f"Markdown file to update (default {DEFAULT_DOCS})")
     p.add_argument("--no-docs", action="store_true", help="print only; leave the docs alone")
     p.add_argument("--json", type=Path, default=None, dest="json_path", help="write raw numbers to this JSON file")
+    p.add_argument("--report-from", type=Path, default=None, help="print and publish a previous run's --json file")
     p.add_argument("--load-worker", type=Path, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -727,18 +848,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings(
         args.duration, args.phase, args.rate, args.quiet_rate, None if args.no_docs else args.docs, args.json_path
     )
+    if args.report_from is not None:
+        saved_meta, saved_runs = load_runs(args.report_from)
+        saved = saved_meta["settings"]
+        settings = Settings(saved["duration"], saved["phase"], saved["rate"], saved["quiet_rate"], settings.docs, None)
+        publish(saved_runs, settings, saved_meta)
+        return 0
     signal.signal(signal.SIGTERM, _raise_interrupt)
     meta = machine_info(("aiohttp", "uvicorn", "uvloop"))
+    meta["command"] = command_line()
+    meta["settings"] = {
+        "duration": args.duration,
+        "phase": args.phase,
+        "rate": args.rate,
+        "quiet_rate": args.quiet_rate,
+    }
     workdir = Path(tempfile.mkdtemp(prefix="fleetgate-overload-"))
     console.print(f"logs in {workdir}; load average {loadavg(meta['loadavg_start'])}")
     bench = Bench(settings, workdir)
     runs: list[ConfigRun] = []
     try:
         bench.start_engines()
-        for label, quantum in (("default", None), (f"quantum {TUNED_QUANTUM}", TUNED_QUANTUM)):
-            gateway, url = bench.start_gateway(label.replace(" ", "-"), quantum)
+        configs: tuple[tuple[str, dict[str, str], bool], ...] = (
+            ("default", {}, True),
+            ("reserve off (contrast)", RESERVE_OFF, False),
+        )
+        for index, (label, extra_env, full) in enumerate(configs):
+            gateway, url = bench.start_gateway(f"gw{index}", extra_env)
             console.print(f"gateway {label}: pid {gateway.pid} at {url}")
-            run = ConfigRun(label, quantum)
+            run = ConfigRun(label, extra_env, full)
             try:
                 run_async(bench.measure(run, url, gateway.pid))
             finally:
@@ -747,15 +885,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         bench.stop_all()
     meta["loadavg_end"] = os.getloadavg()
-    print_report(runs, settings.rate)
-    console.print(f"load average {loadavg(meta['loadavg_start'])} at start, {loadavg(meta['loadavg_end'])} at end")
     if settings.json_path is not None:
         raw = {"meta": meta, "runs": [asdict(r) for r in runs]}
         settings.json_path.write_text(json.dumps(raw, default=str, indent=1))
+    publish(runs, settings, meta)
+    return 0
+
+
+def publish(runs: list[ConfigRun], settings: Settings, meta: dict[str, Any]) -> None:
+    """Print the report and, unless --no-docs, write its section of the docs."""
+    print_report(runs, settings.rate)
+    console.print(f"load average {loadavg(meta['loadavg_start'])} at start, {loadavg(meta['loadavg_end'])} at end")
+    if runs and "noisy-1x" in runs[0].phases:
+        console.print(reading(runs))
     if settings.docs is not None:
         update_docs(settings.docs, SECTION, docs_section(runs, settings, meta))
         console.print(f"updated {settings.docs}")
-    return 0
 
 
 if __name__ == "__main__":
