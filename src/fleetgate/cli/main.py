@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fleetgate.cli import apply, engine, keys, sim, simulate, stack, tenants, top, usage
+from fleetgate.cli import adapters, apply, engine, keys, sim, simulate, stack, tenants, top, usage
 
 app = typer.Typer(
     name="fleetgate",
@@ -21,6 +21,7 @@ app.add_typer(engine.app, name="engine")
 app.add_typer(tenants.app, name="tenants")
 app.add_typer(keys.app, name="keys")
 app.add_typer(usage.app, name="usage")
+app.add_typer(adapters.app, name="adapters")
 
 
 def main() -> None:

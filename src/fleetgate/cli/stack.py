@@ -27,14 +27,23 @@ from fleetgate.cli.common import (
     run_dir_for,
     setup_logging,
 )
-from fleetgate.cli.engine import ensure_engine
+from fleetgate.cli.engine import ensure_engine, ensure_vllm
 from fleetgate.config import Config, EngineEndpoint
 from fleetgate.errors import FleetgateError
+from fleetgate.fleet.local.launcher import LlamaCppLauncher, ReplicaLauncher
 from fleetgate.fleet.local.model import resolve_model
 from fleetgate.fleet.local.rundir import RunState, stop_recorded
+from fleetgate.fleet.local.vllm_launcher import VllmLauncher, ensure_hf_model
 
 
-def _apply_cli(config: Config, host: str | None, port: int | None, replicas: int | None, engines: list[str]) -> Config:
+def _apply_cli(
+    config: Config,
+    host: str | None,
+    port: int | None,
+    replicas: int | None,
+    engines: list[str],
+    local: str | None = None,
+) -> Config:
     try:
         if host is not None:
             config.gateway.host = host
@@ -42,13 +51,49 @@ def _apply_cli(config: Config, host: str | None, port: int | None, replicas: int
             config.gateway.port = port
         if engines:
             config.engines = [EngineEndpoint(url=u, id=f"engine-{i}") for i, u in enumerate(engines)]
-        if replicas is not None:
+        if local == "vllm":
+            # The local fleet's engine kind: all local replicas become vLLM ones.
+            config.local.vllm.replicas = replicas if replicas is not None else (config.local.vllm.replicas or 2)
+            config.local.replicas = 0
+        elif local == "llamacpp":
+            config.local.vllm.replicas = 0
+            if replicas is not None:
+                config.local.replicas = replicas
+        elif local is not None:
+            fail(f"--local must be llamacpp or vllm, not {local!r}")
+        elif replicas is not None:
             config.local.replicas = replicas
         elif config.engines:
             config.local.replicas = 0  # remote engines named: no local fleet unless asked for
+            config.local.vllm.replicas = 0
     except ValueError as exc:
         fail(f"invalid option: {exc}")
     return config
+
+
+def _launchers(config: Config, quiet: bool) -> tuple[list[ReplicaLauncher], Path | None, Path | None]:
+    """The local replicas to start (llama.cpp, vLLM or both), preparing engines and models they need."""
+    launchers: list[ReplicaLauncher] = []
+    binary = model = None
+    try:
+        if config.local.replicas > 0 or (config.local.vllm.replicas > 0 and config.local.vllm.model_dir is None):
+            model = resolve_model(config.local.model_path)
+        if config.local.replicas > 0:
+            binary = ensure_engine(config, quiet=quiet)
+            assert model is not None
+            launchers.append(LlamaCppLauncher(config.local, binary, model))
+        if config.local.vllm.replicas > 0:
+            env = ensure_vllm(quiet=quiet)
+            model_dir = config.local.vllm.model_dir
+            if model_dir is None:
+                assert model is not None
+                if not quiet:
+                    console.print(f"Preparing {model.name} for vLLM (converted once, then cached)")
+                model_dir = ensure_hf_model(env, model, config.local.vllm.dtype)
+            launchers.append(VllmLauncher(config.local, env, model_dir))
+    except FleetgateError as exc:
+        fail(str(exc))
+    return launchers, binary, model
 
 
 NO_DEMO_KEY = "<a key from `fleetgate keys create <tenant>`>"
@@ -104,12 +149,13 @@ def up(
     port: int | None = typer.Option(None, help="gateway port (default 8080; 0 = any free port)"),
     replicas: int | None = typer.Option(None, "--replicas", "-n", help="local llama-server replicas (default 2)"),
     engine: list[str] = typer.Option([], "--engine", "-e", help="URL of an OpenAI-compatible engine (repeatable)"),
+    local: str | None = typer.Option(None, "--local", help="local fleet engine: llamacpp (default) or vllm"),
     detach: bool = typer.Option(False, "--detach", "-d", help="run in the background and return once ready"),
     self_test: bool = typer.Option(True, help="send one real request through the gateway once it is up"),
     as_json: bool = JsonOption,
 ) -> None:
     """Build the engine if needed, start local replicas and the gateway, serve until Ctrl-C or `fleetgate down`."""
-    config = _apply_cli(load(config_path), host, port, replicas, engine)
+    config = _apply_cli(load(config_path), host, port, replicas, engine, local)
     from fleetgate.stack import check_not_running, run_stack  # the whole gateway: only `up` needs it
 
     run_dir = run_dir_for(config)
@@ -117,17 +163,11 @@ def up(
         check_not_running(run_dir)
     except FleetgateError as exc:
         fail(str(exc))
-    binary = model = None
-    if config.local.replicas > 0:
-        binary = ensure_engine(config, quiet=as_json)
-        try:
-            model = resolve_model(config.local.model_path)
-        except FleetgateError as exc:
-            fail(str(exc))
-    if not config.local.replicas and not config.engines:
+    if not config.local.replicas and not config.local.vllm.replicas and not config.engines:
         fail("nothing to serve: no local replicas (--replicas 0) and no --engine URL")
+    launchers, binary, model = _launchers(config, as_json)
     if detach:
-        _detach(config_path, host, port, replicas, engine, self_test, as_json, config)
+        _detach(config_path, host, port, replicas, engine, local, self_test, as_json, config)
         return
     key = config.gateway.demo_api_key or NO_DEMO_KEY
 
@@ -149,7 +189,7 @@ def up(
 
     setup_logging()
     try:
-        run_async(run_stack(config, run_dir, binary=binary, model=model, on_ready=on_ready))
+        run_async(run_stack(config, run_dir, launchers=launchers, binary=binary, model=model, on_ready=on_ready))
     except FleetgateError as exc:
         fail(str(exc))
 
@@ -160,6 +200,7 @@ def _detach(
     port: int | None,
     replicas: int | None,
     engine: list[str],
+    local: str | None,
     self_test: bool,
     as_json: bool,
     config: Config,
@@ -175,6 +216,8 @@ def _detach(
         args += ["--replicas", str(replicas)]
     for url in engine:
         args += ["--engine", url]
+    if local is not None:
+        args += ["--local", local]
     args.append("--self-test" if self_test else "--no-self-test")
     run_dir = run_dir_for(config)
     log_path = run_dir.log_file("up")
@@ -183,7 +226,7 @@ def _detach(
         proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    deadline = time.monotonic() + config.local.start_timeout + 60
+    deadline = time.monotonic() + max(config.local.start_timeout, config.local.vllm.start_timeout) + 60
     while time.monotonic() < deadline:
         state = run_dir.read()
         if state is not None and state.status == "ready" and state.supervisor and state.supervisor.pid == proc.pid:

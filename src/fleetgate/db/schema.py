@@ -68,6 +68,20 @@ tenancy_revision = Table(
     Column("revision", BigInteger, nullable=False),
 )
 
+# --- LoRA adapters (0004_adapters): the registry; which replica has which loaded comes from the engines ---
+
+adapters = Table(
+    "adapters",
+    metadata,
+    Column("name", String(200), primary_key=True),  # what requests name as `model` (vLLM's convention)
+    Column("base_model", String(200), nullable=False),
+    Column("path", String(1000), nullable=False),  # where the engines load it from (a folder they can read)
+    Column("owners", JSON, nullable=False),  # tenant external ids; tenants' allowlists may grant it too
+    Column("pinned", Boolean, nullable=False, server_default=false()),  # kept loaded on every replica of the base
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 # --- metering: the ledger (0002_ledger) ---
 
 # One immutable row per request; event_id (UUIDv7) is the idempotency key. Never holds prompt text.

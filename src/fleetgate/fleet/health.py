@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 
 from fleetgate.background import Background
+from fleetgate.config import EngineKind
 from fleetgate.fleet.client import EngineClient
 from fleetgate.fleet.engines.base import adapter_ids, model_ids
 from fleetgate.fleet.engines.registry import adapter_for
@@ -30,6 +31,20 @@ def context_of(listing: Any) -> int | None:
         if isinstance(value, int) and value > 0:
             found.append(value)
     return min(found) if found else None
+
+
+_OWNERS: dict[str, EngineKind] = {"vllm": "vllm", "llamacpp": "llamacpp", "sglang": "sglang"}
+
+
+def detected_kind(listing: Any) -> EngineKind | None:
+    """The engine behind a plain `--engine URL`, from `owned_by` in its model list (vLLM, llama.cpp and SGLang
+    each sign their entries), so its metrics, slots, LoRA endpoints and cache salting are used without config."""
+    if not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
+        return None
+    for item in listing["data"]:
+        if isinstance(item, dict) and (kind := _OWNERS.get(str(item.get("owned_by", "")).lower())) is not None:
+            return kind
+    return None
 
 
 class HealthChecker:
@@ -55,10 +70,13 @@ class HealthChecker:
                 log.warning("replica %s unhealthy: %s", replica.id, exc or type(exc).__name__)
             replica.mark(False, f"{type(exc).__name__}: {exc}"[:200])
             return
-        if models:
-            replica.models = models
+        adapters = adapter_ids(listing)  # what the engine itself says is loaded
+        if models - adapters:
+            replica.models = models - adapters  # vLLM lists loaded adapters as models: they are not bases
         replica.context_len = context_of(listing) or replica.context_len
-        replica.adapters = adapter_ids(listing)  # what the engine itself says is loaded
+        replica.adapters = adapters
+        if replica.kind == "openai":
+            replica.kind = detected_kind(listing) or "openai"
         if not replica.healthy:
             log.info("replica %s healthy (%s)", replica.id, ", ".join(sorted(replica.models)))
         replica.mark(True)

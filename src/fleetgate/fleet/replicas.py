@@ -32,6 +32,8 @@ class Replica:
     metrics: ReplicaMetrics | None = None
     in_flight_tokens: int = 0
     context_len: int | None = None  # the engine's context window per request (llama.cpp: per slot)
+    max_adapters: int | None = None  # LoRA adapters it holds at once; None: the pool's configured default
+    adapters_loading: set[str] = field(default_factory=set)  # loads this gateway has in flight there
 
     def serves(self, model: str) -> bool:
         """True if this replica lists the model (an empty list means 'not known yet': never matches)."""

@@ -100,6 +100,25 @@ class GatewayMetrics:
             registry=r,
         )
 
+        self.adapter_ops = Counter(
+            "fleetgate_adapter_operations",
+            "LoRA adapter loads and unloads on replicas (outcome: loaded, already, failed, unloaded).",
+            ["replica", "outcome"],
+            registry=r,
+        )
+        self.adapter_op_seconds = Histogram(
+            "fleetgate_adapter_operation_seconds",
+            "Time an engine took to load or unload a LoRA adapter.",
+            ["outcome"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+
+    def observe_adapter(self, replica: str, adapter: str, outcome: str, seconds: float) -> None:
+        """Record one adapter load or unload (adapter names stay out of labels: operators may have thousands)."""
+        self.adapter_ops.labels(replica, outcome).inc()
+        self.adapter_op_seconds.labels(outcome).observe(seconds)
+
     def observe(self, outcome: RequestOutcome, route: str, ended_at: float) -> None:
         """Record one finished request (called after its last byte went out)."""
         tenant = self.tenant_label(outcome.tenant_name or "unauthenticated")

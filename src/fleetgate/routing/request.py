@@ -56,11 +56,13 @@ def route_request_from(
     *,
     adapter: str | None = None,
     est_tokens: int | None = None,
+    model: str | None = None,
 ) -> RouteRequest:
     """Build the RouteRequest for a parsed `/v1/chat/completions` or `/v1/completions` body.
 
     The session key is the `x-session-id` header when present, else the body's `user` field. `est_tokens`
-    defaults to the rendered text's length / 4; pass the admission estimate when there is one.
+    defaults to the rendered text's length / 4; pass the admission estimate when there is one. `model` is the base
+    model the replicas serve when the body names an adapter.
     """
     text = render_prompt(payload)
     user = payload.get("user")
@@ -68,8 +70,9 @@ def route_request_from(
     if est_tokens is None:
         est_tokens = len(text) // _CHARS_PER_TOKEN if text else 0
     return RouteRequest(
-        model=str(payload.get("model", "")),
-        tenant=tenant_id,
+        model=model or str(payload.get("model", "")),
+        # An adapter's KV blocks are its own (vLLM hashes the adapter into each block): a separate namespace.
+        tenant=f"{tenant_id}/{adapter}" if adapter else tenant_id,
         session=session,
         prompt_text=text,
         adapter=adapter,

@@ -42,16 +42,19 @@ class SessionScorer:
 
 
 class AdapterScorer:
-    """1 for replicas that have the request's LoRA adapter loaded now (not merely loadable)."""
+    """1 for replicas that have the request's LoRA adapter loaded now, or are loading it (not merely loadable).
+
+    A load in progress counts: a burst of requests for one cold adapter then follows the first one to its replica
+    and shares that single load, instead of starting a load on every replica."""
 
     name = "adapter"
 
     def score(self, request: RouteRequest, candidates: Sequence[Replica], ctx: RouteContext) -> Scores:
-        """1.0 where the adapter is loaded (sparse); no opinion when no adapter is asked for."""
+        """1.0 where the adapter is loaded or loading (sparse); no opinion when no adapter is asked for."""
         adapter = request.adapter
         if adapter is None:
             return None
-        return {i: 1.0 for i, r in enumerate(candidates) if adapter in r.adapters}
+        return {i: 1.0 for i, r in enumerate(candidates) if adapter in r.adapters or adapter in r.adapters_loading}
 
 
 class QueueScorer:

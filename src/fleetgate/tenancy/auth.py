@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -50,6 +51,8 @@ class TenantAuthenticator:
         self._unknown: set[str] = set()
         self._revision = -1
         self._task: asyncio.Task[None] | None = None
+        # Called after each tenancy change (the adapter catalog reloads itself here).
+        self.listeners: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> None:
         """Read the current revision and start polling for changes."""
@@ -79,6 +82,12 @@ class TenantAuthenticator:
             if revision != self._revision:
                 self._revision = revision
                 self.invalidate()
+                for listener in self.listeners:
+                    try:
+                        await listener()
+                    except (SQLAlchemyError, OSError) as exc:
+                        log.warning("tenancy change listener failed, retrying next change: %s", exc)
+                        self._revision = -1  # so the next poll runs the listeners again
 
     async def authenticate(self, authorization: bytes | None) -> Principal:
         """The principal for a header, or 401/403 with a message that never echoes the key."""

@@ -41,10 +41,14 @@ class TenantGate:
         """401 / 403, or the principal."""
         return await self.auth.authenticate(authorization)
 
-    async def admit(self, principal: Principal, payload: dict[str, Any], request_id: str) -> Admission:
-        """Apply the tenant's policy and reserve its limits; raise 403/400/429 with what to fix."""
+    async def admit(
+        self, principal: Principal, payload: dict[str, Any], request_id: str, *, model: str | None = None
+    ) -> Admission:
+        """Apply the tenant's policy and reserve its limits; raise 403/400/429 with what to fix.
+
+        `model` is the base model when the body names a LoRA adapter (already checked against the tenant)."""
         tenant = principal.tenant
-        model = payload["model"]
+        model = model or payload["model"]
         check_model(tenant, model)
         decision = apply_policy(tenant, payload)
         out = decision.max_output_tokens or DEFAULT_OUTPUT_RESERVATION

@@ -50,10 +50,18 @@ class EngineAdapter:
     metric_names: MetricNames | None = None
     props_path: str | None = None  # llama.cpp: `GET /props` gives `total_slots`, the capacity busy slots count against
     runtime_lora: bool = False  # adapters can be loaded while serving (vLLM, SGLang); llama.cpp fixes them at start
+    # vLLM's `cache_salt` keeps one tenant's cached prefix from being hit (or timed) by another tenant.
+    salts_cache: bool = False
 
-    def prepare(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Add engine-specific request fields (none by default)."""
-        return body
+    def prepare(self, body: dict[str, Any], tenant_id: str) -> dict[str, Any]:
+        """The body this engine gets: the tenant's cache salt where the engine isolates by salt."""
+        if not self.salts_cache:
+            return body
+        # Always overwritten, so a client can never name another tenant's salt; a salt the client sent still
+        # splits its own tenant's cache further, as vLLM intends it.
+        own = body.get("cache_salt")
+        salt = f"fg:{tenant_id}:{own}" if isinstance(own, str) and own else f"fg:{tenant_id}"
+        return {**body, "cache_salt": salt}
 
 
 def model_ids(payload: Any) -> set[str]:

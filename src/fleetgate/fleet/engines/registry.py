@@ -39,7 +39,9 @@ ADAPTERS: dict[EngineKind, EngineAdapter] = {
     "llamacpp": EngineAdapter(
         kind="llamacpp", health_path="/health", metric_names=LLAMACPP_METRICS, props_path="/props"
     ),
-    "vllm": EngineAdapter(kind="vllm", health_path="/health", metric_names=VLLM_METRICS, runtime_lora=True),
+    "vllm": EngineAdapter(
+        kind="vllm", health_path="/health", metric_names=VLLM_METRICS, runtime_lora=True, salts_cache=True
+    ),
     "sglang": EngineAdapter(kind="sglang", health_path="/health", metric_names=SGLANG_METRICS, runtime_lora=True),
     # An unknown OpenAI-compatible server: its model list is the only endpoint we can count on.
     "openai": EngineAdapter(kind="openai", health_path="/v1/models", metrics_path=None),

@@ -1,11 +1,35 @@
-"""The llama-server command line for one local replica."""
+"""How a local replica is started: the command line and environment per engine kind."""
 
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from fleetgate.config import LocalFleetConfig
+from fleetgate.config import EngineKind, LocalFleetConfig
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """One process to start: argv and the environment variables to add."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class ReplicaLauncher(Protocol):
+    """What the supervisor needs to know to start one kind of local replica."""
+
+    kind: EngineKind
+    id_prefix: str
+    count: int
+    start_timeout: float
+    model_alias: str
+
+    def spec(self, port: int, index: int) -> LaunchSpec:
+        """The process for replica `index` listening on `port`."""
+        ...
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -46,3 +70,22 @@ def llama_server_args(binary: Path, model: Path, port: int, cfg: LocalFleetConfi
         args.append("--no-repack")
     args.extend(cfg.extra_args)
     return args
+
+
+class LlamaCppLauncher:
+    """Local llama-server replicas of a GGUF model."""
+
+    kind: EngineKind = "llamacpp"
+    id_prefix = "local"
+
+    def __init__(self, cfg: LocalFleetConfig, binary: Path, model: Path) -> None:
+        self.cfg = cfg
+        self.binary = binary
+        self.model = model
+        self.count = cfg.replicas
+        self.start_timeout = cfg.start_timeout
+        self.model_alias = cfg.model_alias
+
+    def spec(self, port: int, index: int) -> LaunchSpec:
+        """llama-server with the configured slots and context."""
+        return LaunchSpec(llama_server_args(self.binary, self.model, port, self.cfg))

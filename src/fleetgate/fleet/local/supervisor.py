@@ -1,4 +1,4 @@
-"""Starts, watches, restarts and stops the local llama-server replicas."""
+"""Starts, watches, restarts and stops local engine replicas (llama-server or vLLM), one launcher each."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import aiohttp
 
 from fleetgate.config import LocalFleetConfig
 from fleetgate.errors import FleetError
-from fleetgate.fleet.local.launcher import free_port, llama_server_args
+from fleetgate.fleet.local.launcher import ReplicaLauncher, free_port
 from fleetgate.fleet.replicas import Replica
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def _die_with_parent() -> None:
 
 @dataclass
 class LocalReplica:
-    """One supervised llama-server process."""
+    """One supervised engine process."""
 
     replica: Replica
     port: int
@@ -49,30 +49,29 @@ class LocalReplica:
 
 
 class Supervisor:
-    """Keeps N llama-server replicas running on free 127.0.0.1 ports."""
+    """Keeps a launcher's N replicas running on free 127.0.0.1 ports."""
 
     def __init__(
         self,
         cfg: LocalFleetConfig,
-        binary: Path,
-        model: Path,
+        launcher: ReplicaLauncher,
         log_dir: Path,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.cfg = cfg
-        self.binary = binary
-        self.model = model
+        self.launcher = launcher
         self.log_dir = log_dir
         self.on_change = on_change or (lambda: None)
         self.replicas: list[LocalReplica] = []
         self._stopping = False
 
-    def _spawn(self, local: LocalReplica) -> None:
-        args = llama_server_args(self.binary, self.model, local.port, self.cfg)
+    def _spawn(self, local: LocalReplica, index: int) -> None:
+        spec = self.launcher.spec(local.port, index)
         local.log_path.parent.mkdir(parents=True, exist_ok=True)
         with local.log_path.open("ab") as out:
             local.proc = subprocess.Popen(
-                args,
+                spec.argv,
+                env={**os.environ, **spec.env} if spec.env else None,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -87,21 +86,22 @@ class Supervisor:
 
     async def start(self) -> list[Replica]:
         """Start every replica and wait until each answers /health; raise FleetError with the log tail if not."""
-        for index in range(self.cfg.replicas):
+        launcher = self.launcher
+        for index in range(launcher.count):
             port = free_port()
-            rid = f"local-{index}"
+            rid = f"{launcher.id_prefix}-{index}"
             replica = Replica(
                 id=rid,
                 url=f"http://127.0.0.1:{port}",
-                kind="llamacpp",
-                models={self.cfg.model_alias},
+                kind=launcher.kind,
+                models={launcher.model_alias},
                 gpu_type=self.cfg.gpu_type,
             )
             local = LocalReplica(replica=replica, port=port, log_path=self.log_dir / f"{rid}.log")
             self.replicas.append(local)
-            self._spawn(local)
+            self._spawn(local, index)
         try:
-            await asyncio.gather(*(self._wait_ready(r, self.cfg.start_timeout) for r in self.replicas))
+            await asyncio.gather(*(self._wait_ready(r, launcher.start_timeout) for r in self.replicas))
         except FleetError:
             await self.stop()
             raise
@@ -155,9 +155,9 @@ class Supervisor:
             if self._stopping:
                 return
             local.restarts += 1
-            self._spawn(local)
+            self._spawn(local, self.replicas.index(local))
             try:
-                await self._wait_ready(local, self.cfg.start_timeout)
+                await self._wait_ready(local, self.launcher.start_timeout)
             except FleetError as exc:
                 log.error("%s", exc)
                 self._terminate(local)
