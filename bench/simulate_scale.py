@@ -14,6 +14,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = FleetSpec(profile, replicas=args.replicas, policy=args.policy, seed=args.seed)
     meta = machine_info(())
     ticks0, cpu0, wall0 = busy_ticks(), time.process_time(), time.perf_counter()
-    result = FleetSim(spec).run(workload)  # the workload is generated lazily, inside the timed loop
+    sim = FleetSim(spec)
+    setup = time.perf_counter() - wall0
+    spent = {"routing": 0.0, "workload": 0.0}
+    pick = sim.router.pick
+
+    def timed_pick(request: Any, candidates: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return pick(request, candidates)
+        finally:
+            spent["routing"] += time.perf_counter() - t0
+
+    def timed_workload() -> Iterator[Any]:
+        it = iter(workload)
+        while True:
+            t0 = time.perf_counter()
+            item = next(it, None)
+            spent["workload"] += time.perf_counter() - t0
+            if item is None:
+                return
+            yield item
+
+    sim.router.pick = timed_pick  # type: ignore[method-assign]  # timing only: the same router decides
+    result = sim.run(timed_workload())  # the workload is generated lazily, inside the timed loop
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     other = (busy_ticks() - ticks0) / os.sysconf("SC_CLK_TCK") - cpu
     meta["loadavg_end"] = os.getloadavg()
@@ -60,6 +84,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s": cpu,
         "other_cpu_share": max(0.0, other / wall),
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "setup_s": setup,
+        "routing_s": spent["routing"],
+        "workload_s": spent["workload"],
         "events": result.events,
         "events_per_s": result.events / wall,
         "engine_steps": sum(r.engine.stats.steps for r in result.replicas),
@@ -96,8 +123,19 @@ Simulated results (`{a["policy"]}`): TTFT p50 {r["ttft_p50_ms"]:.1f} ms, p99 {r[
 ratio {r["cache_hit_ratio"]:.1%}; {r["output_tokens_per_s"]:,.0f} output tokens/s; gateway queue p99
 {r["gateway_queue_p99_ms"]:.1f} ms; load max/mean {r["load_max_mean"]:.2f}; shed: {shed}.
 
-Engine steps counts every modelled forward pass; events counts heap events and arrivals (a run of steady decode
-steps is one event, cut short when a request arrives: see `DecodeRun` in src/fleetgate/sim/fleet.py).
+Where the wall time went: building the fleet ({a["replicas"]} engines' KV block pools) {data["setup_s"]:.1f} s, routing
+decisions (`RoutingPipeline.pick` over all {a["replicas"]} candidates, timed around each call)
+{data["routing_s"]:.1f} s ({data["routing_s"] / data["wall_s"]:.0%}, {1e6 * data["routing_s"] / a["requests"]:.0f} µs a
+decision), generating the workload {data["workload_s"]:.1f} s; the rest ({
+        data["wall_s"]
+        - data["setup_s"]
+        - data["routing_s"]
+        - data["workload_s"]:.1f} s) is the event loop, admission and the engine models (mostly their
+KV block bookkeeping: one allocation and one cache registration per 16 tokens per sequence).
+
+Engine steps counts every modelled forward pass; events counts heap events and arrivals: while an engine's batch
+only decodes, its steps are applied lazily and an event happens only where something changes (a sequence finishes,
+a request joins): see `DecodeBatch` in src/fleetgate/sim/decode_run.py.
 
 - **{verdict}** {a["replicas"]} replicas x {a["requests"]:,} requests in under {BUDGET_S:.0f} s: \
 {data["wall_s"]:.1f} s wall
@@ -125,6 +163,10 @@ def main() -> None:
         f"{args.replicas} replicas x {args.requests:,} requests ({args.policy}): wall {data['wall_s']:.1f} s, "
         f"CPU {data['cpu_s']:.1f} s, other processes {data['other_cpu_share']:.0%} of a core, "
         f"{data['events']:,} events ({data['events_per_s']:,.0f}/s), {data['engine_steps']:,} engine steps"
+    )
+    print(
+        f"setup {data['setup_s']:.1f} s, routing {data['routing_s']:.1f} s, workload {data['workload_s']:.1f} s, "
+        f"rest {data['wall_s'] - data['setup_s'] - data['routing_s'] - data['workload_s']:.1f} s"
     )
     print(
         f"simulated {r['sim_seconds']:.1f} s: TTFT p50 {r['ttft_p50_ms']:.1f} ms p99 {r['ttft_p99_ms']:.1f} ms, "

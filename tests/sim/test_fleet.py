@@ -101,15 +101,23 @@ def test_every_request_ends_exactly_once_and_tokens_add_up() -> None:
     assert sum(r.routed for r in result.replicas) == len(ok)
     assert not any(e.has_work() for e in engines)
     assert all(r.replica.in_flight == 0 and r.replica.in_flight_tokens == 0 for r in result.replicas)
+    summary = summarize(result)  # the run ends with its last request, not with leftover deadline events
+    assert summary.sim_seconds == pytest.approx(max(o.finished_at for o in outs) - min(o.arrival for o in outs))
+    assert summary.ok == len(ok) and sum(summary.shed.values()) == len(shed)
     for rep in result.replicas:  # the last scrape (what the scorers and the capacity rule read) saw the end state
         m = rep.replica.metrics
         assert m is not None and m.running == m.waiting == 0 and m.kv_usage == 0.0
         assert m.generation_tokens == rep.engine.stats.generation_tokens > 0
 
 
-@pytest.mark.parametrize("case", ["small_kv", "long_chats"])
+@pytest.mark.parametrize("case", ["small_kv", "long_chats", "full_batch"])
 def test_fast_forward_and_seeded_hashes_give_identical_results(case: str) -> None:
-    if case == "small_kv":  # blocks run out: evictions, preemptions and requests waiting for KV all happen
+    spec: dict[str, Any] = {}
+    if case == "full_batch":  # two slots per engine, no gateway queue: requests wait in the engine behind a full batch
+        profile = load_profile("smollm2-llamacpp-local")
+        workload = ChatWorkload(requests=120, rate=2.0, system_tokens=(50, 150), reply_tokens=(8, 64), seed=4)
+        spec = {"admission": None, "scrape_interval": 0.25}
+    elif case == "small_kv":  # blocks run out: evictions, preemptions and requests waiting for KV all happen
         profile = H100.with_overrides(kv_blocks=300, max_num_seqs=24)
         workload = ChatWorkload(requests=300, rate=25.0, tenants=3, system_tokens=(200, 600), seed=5)
     else:  # later turns hit the cache through earlier answers, whose block hashes the seeding carries over
@@ -117,16 +125,20 @@ def test_fast_forward_and_seeded_hashes_give_identical_results(case: str) -> Non
         workload = ChatWorkload(requests=300, rate=20.0, tenants=2, turns=6.0, think_time=1.0, seed=6)
 
     def fingerprint(fast: bool, seeded: bool) -> tuple[Any, ...]:
-        result = run(workload, "score", profile, replicas=3, fast_forward=fast, seed_hashes=seeded)
+        result = run(workload, "score", profile, replicas=3, fast_forward=fast, seed_hashes=seeded, **spec)
         engines = [
             (s.steps, s.generation_tokens, s.prefix_hits, s.preemptions, s.finished, e.pool.evictions,
              e.pool.num_cached)
             for e, s in ((r.engine, r.engine.stats) for r in result.replicas)
         ]  # fmt: skip
-        return [astuple(o) for o in result.outcomes], engines, result.end_time
+        scrapes = [(r.load_sum, r.load_max, r.kv_sum) for r in result.replicas]  # what the scorers saw
+        return [astuple(o) for o in result.outcomes], engines, scrapes, result.end_time
 
     slow = fingerprint(False, False)
-    if case == "small_kv":
+    if case == "full_batch":
+        result = run(workload, "score", profile, replicas=3, **spec)
+        assert any(o.scheduled_at - o.routed_at > 1.0 for o in result.outcomes)  # waited behind a full batch
+    elif case == "small_kv":
         assert sum(e[3] for e in slow[1]) > 0 and sum(e[5] for e in slow[1]) > 0
     else:
         requests = list(workload)

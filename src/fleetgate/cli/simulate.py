@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from fleetgate.sim.report import PolicyReport
 
 PROFILE_HELP = "shipped profile name (h100-llama3-8b, smollm2-llamacpp-local) or a YAML file"
 DEFAULT_POLICIES = "round_robin,least_load,prefix,score"
@@ -40,14 +47,15 @@ def simulate(
     turns: float = typer.Option(4.0, "--turns", min=1, help="mean turns per conversation"),
     think_time: float = typer.Option(5.0, "--think-time", min=0, help="seconds at least between turns"),
     seed: int = typer.Option(0, "--seed", help="workload and tie-break seed"),
-    scrape_interval: float = typer.Option(
-        1.0, "--scrape-interval", min=0, help="metrics scrape period (0: every step)"
-    ),
+    scrape_interval: float = typer.Option(1.0, "--scrape-interval", min=0.001, help="seconds between scrapes"),
     admission: bool = typer.Option(True, "--admission/--no-admission", help="gateway queue and capacity rule"),
     max_in_flight: int | None = typer.Option(
         None, "--max-in-flight-per-replica", min=1, help="admission allowance per replica (default: config's)"
     ),
     config_path: Path | None = typer.Option(None, "--config", "-c", help="take routing params and admission from it"),
+    router_params_json: str | None = typer.Option(
+        None, "--router-params", help="routing parameters as JSON, over the config's: '{\"imbalance_abs\": 8}'"
+    ),
     kv_blocks: int | None = typer.Option(None, "--kv-blocks", min=1, help="override the profile's KV blocks"),
     max_num_seqs: int | None = typer.Option(None, "--max-num-seqs", min=1, help="override sequences per batch"),
     plot_path: Path | None = typer.Option(None, "--plot", help="write a PNG comparing the policies"),
@@ -62,7 +70,7 @@ def simulate(
     from fleetgate.sim.fleet import FleetSim, FleetSpec
     from fleetgate.sim.profiles import load_profile
     from fleetgate.sim.report import plot, summarize
-    from fleetgate.sim.workload import ChatWorkload, TraceWorkload
+    from fleetgate.sim.workload import ChatWorkload, SimRequest, TraceWorkload
 
     names = [p.strip() for p in policies.split(",") if p.strip()]
     unknown = [p for p in names if p not in POLICIES]
@@ -73,16 +81,25 @@ def simulate(
     if config_path is not None:
         config = load(config_path)
         router_params, admission_cfg = dict(config.routing.params), config.admission
+    if router_params_json is not None:
+        try:
+            extra = json.loads(router_params_json)
+        except json.JSONDecodeError as exc:
+            fail(f"--router-params: not JSON: {exc}", 2)
+        if not isinstance(extra, dict):
+            fail("--router-params: expected a JSON object", 2)
+        router_params.update(extra)
     if max_in_flight is not None:
         admission_cfg = admission_cfg.model_copy(update={"max_in_flight_per_replica": max_in_flight})
     try:
         prof = load_profile(profile).with_overrides(kv_blocks=kv_blocks, max_num_seqs=max_num_seqs)
-        workload: Any
+        workload: Iterable[SimRequest]
         if trace is not None:
             if not trace.is_file():
                 raise ConfigError(f"trace {trace} does not exist")
-            workload = TraceWorkload(trace, max_tokens, (prof.output_tokens_min, prof.output_tokens_max), seed)
-        else:
+            # read and tokenize the trace once; every policy replays the same arrivals
+            workload = list(TraceWorkload(trace, max_tokens, (prof.output_tokens_min, prof.output_tokens_max), seed))
+        else:  # re-iterable: the same seeded arrivals for every policy
             workload = ChatWorkload(
                 requests=requests,
                 rate=rate,
@@ -98,10 +115,7 @@ def simulate(
                 max_context=prof.max_model_len,
                 seed=seed,
             )
-        if trace is not None:
-            # read and tokenize the trace once; every policy replays the same arrivals
-            workload = list(workload)
-        reports = []
+        reports: list[PolicyReport] = []
         for name in names:
             spec = FleetSpec(
                 profile=prof,
@@ -134,7 +148,7 @@ def simulate(
         console.print(f"plot: {plot_path}")
 
 
-def _print_table(console: Any, title: str, reports: list[Any]) -> None:
+def _print_table(console: Console, title: str, reports: list[PolicyReport]) -> None:
     from rich.table import Table
 
     from fleetgate.sim.report import table_rows

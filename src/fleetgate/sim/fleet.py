@@ -2,14 +2,13 @@
 
 Discrete events on a heap (engine steps, scrapes, admission ticks and deadlines, engine wake-ups); arrivals come
 from the workload's iterator, already in time order, and are merged with the heap instead of pushed into it.
-An engine has at most one valid event pending: the end of its current step, or of a run of decode steps planned
-at once (DecodeRun: a steady batch changes only when a sequence finishes or a request arrives, so the steps in
-between are applied in bulk, and cut short when a request arrives mid-run). Both give the same results.
+An engine has at most one valid event pending: the end of its current step, or, while its batch only decodes,
+the next step boundary where something changes (DecodeBatch in decode_run.py: a sequence finishes, a request
+joins, or a stretch of steps ends). Both give the same results.
 """
 
 from __future__ import annotations
 
-import bisect
 import gc
 import heapq
 import random
@@ -25,7 +24,7 @@ from fleetgate.routing.plugins import make_router
 from fleetgate.routing.router import RouteDecision, RouteRequest
 from fleetgate.scheduling.admission import BATCH, AdmissionController
 from fleetgate.scheduling.fair_queue import PRIORITIES, FairQueue, Ticket
-from fleetgate.sim.decode_run import DecodeRun, apply_run, extend_run, plan_run
+from fleetgate.sim.decode_run import DecodeBatch
 from fleetgate.sim.engine import Engine, FakeClock, Sequence, Status, Step
 from fleetgate.sim.kvcache import ROOT_HASH, chain_hashes
 from fleetgate.sim.profiles import Profile
@@ -46,10 +45,10 @@ class FleetSpec:
     policy: str = "score"
     router_params: Mapping[str, Any] | None = None
     admission: AdmissionConfig | None = field(default_factory=AdmissionConfig)  # None: no queue, no caps
-    scrape_interval: float = 1.0  # the gateway's routing.scrape_interval; 0: metrics fresh after every step
+    scrape_interval: float = 1.0  # seconds between metric scrapes (the gateway's routing.scrape_interval)
     model: str = "sim"
     seed: int = 0
-    fast_forward: bool = True  # run steady decode stretches in one event (same results, see fastpath)
+    fast_forward: bool = True  # step decoding batches lazily (same results: see decode_run.py)
     seed_hashes: bool = True  # reuse a conversation's block hashes across turns (same results, less hashing)
 
 
@@ -78,13 +77,14 @@ class SimReplica:
     index: int
     replica: Replica
     engine: Engine
-    step: Step | DecodeRun | None = None
-    event: int = 0  # the counter of its valid STEP event (a cut-short run leaves a stale one in the heap)
+    step: Step | DecodeBatch | None = None
+    event: int = 0  # the counter of its valid STEP event (a moved-up boundary leaves a stale one in the heap)
     woken: bool = False
     routed: int = 0
     busy: float = 0.0
     load_sum: float = 0.0
     load_max: float = 0.0
+    kv_sum: float = 0.0
     samples: int = 0
 
 
@@ -97,7 +97,7 @@ class RunResult:
     replicas: list[SimReplica]
     events: int
     wall_s: float
-    end_time: float
+    end_time: float  # when the last request finished or was shed
     router_stats: dict[str, object]
 
 
@@ -105,25 +105,23 @@ class FleetSim:
     """One run: build with a spec, call `run(requests)` once."""
 
     def __init__(self, spec: FleetSpec) -> None:
-        if spec.replicas < 1:
-            raise ValueError("a fleet needs at least one replica")
+        if spec.replicas < 1 or spec.scrape_interval <= 0:
+            raise ValueError("a fleet needs at least one replica and a scrape interval > 0")
         self.spec = spec
         self.clock = FakeClock()
         now = self.clock.now
         self.router = make_router(spec.policy, spec.router_params, clock=now, rng=random.Random(spec.seed))
         self.replicas: list[SimReplica] = []
         for i in range(spec.replicas):
-            engine = _make_engine(spec, self.clock)
+            engine = Engine(spec.profile, self.clock)
             r = Replica(f"r{i:03d}", f"sim://r{i:03d}", "vllm", {spec.model}, "sim", healthy=True)
             r.context_len = engine.max_model_len
             self.replicas.append(SimReplica(i, r, engine))
         self._by_id = {s.replica.id: s for s in self.replicas}
         self.candidates = [s.replica for s in self.replicas]
-        self.admission = (
-            AdmissionController(spec.admission, ReplicaRegistry(self.candidates), now)
-            if (spec.admission is not None)
-            else None
-        )
+        self.admission: AdmissionController | None = None
+        if spec.admission is not None:
+            self.admission = AdmissionController(spec.admission, ReplicaRegistry(self.candidates), now)
         self._context = min(s.engine.max_model_len for s in self.replicas)
         self.queue: FairQueue[tuple[SimRequest, Outcome]] = FairQueue(spec.admission.quantum if spec.admission else 1)
         self.admitted = 0
@@ -133,7 +131,6 @@ class FleetSim:
         self._live: dict[Sequence, tuple[RouteDecision, Outcome]] = {}
         self._hashes: dict[str, list[int]] = {}
         self._pending_arrivals = True
-        self._ticking = False
 
     def _push(self, t: float, kind: int, obj: Any) -> int:
         self._counter += 1
@@ -142,6 +139,8 @@ class FleetSim:
 
     def run(self, requests: Iterable[SimRequest]) -> RunResult:
         """Replay the requests to the end (every request finishes or is shed) and return the raw results."""
+        if self._counter:
+            raise RuntimeError("a FleetSim runs once: build a new one for another run")
         started = time.perf_counter()
         outcomes: list[Outcome] = []
         collecting = gc.isenabled()
@@ -154,12 +153,16 @@ class FleetSim:
             if collecting:
                 gc.enable()
         wall = time.perf_counter() - started
-        return RunResult(self.spec, outcomes, self.replicas, events, wall, self.clock.t, self.router.stats.snapshot())
+        # the last request's end, not the clock: leftover deadline and scrape events may run later than that
+        end = max((o.finished_at for o in outcomes), default=0.0)
+        return RunResult(self.spec, outcomes, self.replicas, events, wall, end, self.router.stats.snapshot())
 
     def _loop(self, arrivals: Iterator[SimRequest], outcomes: list[Outcome]) -> int:
         nxt = next(arrivals, None)
         heap, clock = self._heap, self.clock
         self._scrape()
+        if self.admission is not None:
+            self._push(self.admission.cfg.tick_interval, TICK, None)
         events = 0
         while True:
             if heap and (nxt is None or (heap[0][0], heap[0][1]) < (nxt.arrival, ARRIVAL)):
@@ -167,7 +170,7 @@ class FleetSim:
                 clock.t = t
                 if kind == STEP:
                     if counter != obj.event:
-                        continue  # a run that was cut short
+                        continue  # a batch boundary that was moved up for an arrival
                     self._step_done(obj)
                 elif kind == WAKE:
                     obj.woken = False
@@ -223,9 +226,6 @@ class FleetSim:
             self._shed(victim.item[1], "evicted")
         self.queue.push(ticket)
         self._push(self.clock.t + cfg.queue_timeout[PRIORITIES[req.priority]], DEADLINE, ticket)
-        if not self._ticking:
-            self._ticking = True
-            self._push(self.clock.t + cfg.tick_interval, TICK, None)
 
     def _shed(self, out: Outcome, reason: str) -> None:
         out.status = f"shed:{reason}"
@@ -245,13 +245,17 @@ class FleetSim:
             self._route(*ticket.item)
 
     def _tick(self) -> None:
-        # the controller's ticker: capacity follows the engines' queues and scrape freshness, not only releases
+        # The controller's ticker: capacity follows the engines' queues and scrape freshness, not only releases.
+        # The controller re-reads capacity on every acquire; here on each tick and scrape, which is the same as
+        # metrics change only at scrapes (and go stale only with time).
         assert self.admission is not None
         self.capacity = self.admission.capacity(self.spec.model)
         self._dispatch()
-        self._ticking = bool(len(self.queue))
-        if self._ticking:
+        if self._busy():
             self._push(self.clock.t + self.admission.cfg.tick_interval, TICK, None)
+
+    def _busy(self) -> bool:
+        return self._pending_arrivals or bool(self._live) or bool(len(self.queue))
 
     # --- routing and engines ---
 
@@ -294,53 +298,56 @@ class FleetSim:
                 self._hashes[req.cache_key] = known
         return list(known)  # the engine extends its own copy with the answer's blocks
 
-    def _start(self, rep: SimReplica) -> None:
+    def _start(self, rep: SimReplica, batch: bool = True) -> None:
         now = self.clock.t
-        run = plan_run(rep.engine, now) if self.spec.fast_forward else None
-        if run is not None:
-            rep.step = run
-            rep.event = self._push(run.ends[-1], STEP, rep)
-        elif (step := rep.engine.schedule()) is not None:
+        if batch and self.spec.fast_forward and (lazy := DecodeBatch.enter(rep.engine, now)) is not None:
+            rep.step = lazy
+            if self._next_boundary(rep, lazy):
+                return
+        if (step := rep.engine.schedule()) is not None:
             rep.step = step
             rep.busy += step.duration
             rep.event = self._push(now + step.duration, STEP, rep)
-        if self.spec.scrape_interval <= 0:
-            _scrape_one(rep, now)
+
+    def _next_boundary(self, rep: SimReplica, lazy: DecodeBatch) -> bool:
+        """Plan the batch's next boundary; False when it handed the engine back to its own step loop."""
+        end = lazy.start_next()
+        if end is None:
+            rep.step = None
+            rep.busy += lazy.spent
+            return False
+        rep.event = self._push(end, STEP, rep)
+        return True
 
     def _step_done(self, rep: SimReplica) -> None:
-        step, rep.step = rep.step, None
-        if isinstance(step, DecodeRun):
-            if len(step.ends) < step.total:  # only the next stretch of the run was timed: time another
-                rep.step = step
-                extend_run(rep.engine, step)
-                rep.event = self._push(step.ends[-1], STEP, rep)
-                return
-            rep.busy += apply_run(rep.engine, step, step.total)
-            done: Iterable[Sequence] = step.seqs if step.finishes else ()
-        elif step is not None:
-            rep.engine.complete(step)
-            done = (seq for seq, _ in step.entries)
-        else:
-            done = ()
-        for seq in done:
-            if seq.status is Status.FINISHED:
+        step = rep.step
+        if isinstance(step, DecodeBatch):
+            # the batch stays the replica's step while its finishes are reported: a request routed here meanwhile
+            # waits for the admission that start_next makes at this same boundary
+            for seq in step.boundary():
                 self._finish(seq)
+            if not self._next_boundary(rep, step):
+                self._start(rep, batch=False)  # one step of the engine's own loop before trying a batch again
+            return
+        rep.step = None
+        if step is not None:
+            rep.engine.complete(step)
+            for seq, _ in step.entries:
+                if seq.status is Status.FINISHED:
+                    self._finish(seq)
         self._start(rep)
 
     def _interrupt(self, rep: SimReplica, now: float, cut: bool) -> None:
-        """Apply a run's steps that ended by `now`; with `cut`, end the run after the step in progress."""
-        run = rep.step
-        if not isinstance(run, DecodeRun):
+        """Bring a lazy batch up to `now` (scrape), or (`cut`) move its next boundary up for a request to join."""
+        lazy = rep.step
+        if not isinstance(lazy, DecodeBatch):
             return
-        done = bisect.bisect_right(run.ends, now)
         if cut:
-            # the step in progress ends the run: the new request joins the batch after it, as in the engine
-            if done + 1 < run.total:
-                del run.ends[done + 1 :]
-                run.total, run.finishes = done + 1, False
-                rep.event = self._push(run.ends[-1], STEP, rep)
+            end = lazy.arrival(now)
+            if end is not None:
+                rep.event = self._push(end, STEP, rep)
         else:
-            rep.busy += apply_run(rep.engine, run, done)
+            lazy.sync(now)
 
     def _finish(self, seq: Sequence) -> None:
         decision, out = self._live.pop(seq)
@@ -357,18 +364,15 @@ class FleetSim:
             self._dispatch()
 
     def _scrape(self) -> None:
+        """Refresh every replica's metrics, as the gateway's scraper does, then re-check admission capacity."""
         now = self.clock.t
         for rep in self.replicas:
             self._interrupt(rep, now, cut=False)
-            m = _scrape_one(rep, now)
-            load = m.running + m.waiting
-            rep.load_sum += load
-            rep.samples += 1
-            rep.load_max = max(rep.load_max, load)
+            _scrape_one(rep, now)
         if self.admission is not None:
             self.capacity = self.admission.capacity(self.spec.model)
             self._dispatch()
-        if self.spec.scrape_interval > 0 and (self._pending_arrivals or self._live or len(self.queue)):
+        if self._busy():
             self._push(now + self.spec.scrape_interval, SCRAPE, None)
 
 
@@ -376,11 +380,12 @@ def _scrape_one(rep: SimReplica, now: float) -> ReplicaMetrics:
     """What the scraper would parse from this engine's /metrics right now."""
     e = rep.engine
     s = e.stats
+    pool = e.pool
     m = ReplicaMetrics(
         scraped_at=now,
         waiting=float(len(e.waiting)),
         running=float(len(e.running)),
-        kv_usage=e.pool.usage(),
+        kv_usage=pool.usage(),
         prefix_queries=float(s.prefix_queries),
         prefix_hits=float(s.prefix_hits),
         prompt_tokens=float(s.prompt_tokens),
@@ -388,8 +393,9 @@ def _scrape_one(rep: SimReplica, now: float) -> ReplicaMetrics:
         cached_prompt_tokens=float(s.prompt_tokens_cached),
     )
     rep.replica.metrics = m
+    load = m.running + m.waiting
+    rep.load_sum += load
+    rep.load_max = max(rep.load_max, load)
+    rep.kv_sum += m.kv_usage or 0.0
+    rep.samples += 1
     return m
-
-
-def _make_engine(spec: FleetSpec, clock: FakeClock) -> Engine:
-    return Engine(spec.profile, clock)

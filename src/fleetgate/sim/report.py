@@ -32,6 +32,7 @@ class ReplicaLoad:
     busy: float  # share of the run the engine was stepping
     mean_load: float  # running + waiting, averaged over scrapes
     peak_load: float
+    mean_kv: float  # KV cache usage, averaged over scrapes
     preemptions: int
 
 
@@ -97,6 +98,7 @@ def summarize(run: RunResult) -> PolicyReport:
             busy=round(r.busy / span, 4),
             mean_load=round(r.load_sum / r.samples, 3) if r.samples else 0.0,
             peak_load=r.load_max,
+            mean_kv=round(r.kv_sum / r.samples, 4) if r.samples else 0.0,
             preemptions=r.engine.stats.preemptions,
         )
         for r in run.replicas
@@ -179,6 +181,7 @@ def plot(reports: Sequence[PolicyReport], path: Path, title: str = "") -> None:
     x = range(len(reports))
 
     def bars(ax: Any, values: list[list[float]], labels: list[str], ylabel: str, heading: str) -> None:
+        """Grouped bars, one group per policy."""
         width = 0.8 / len(values)
         for k, (series, label) in enumerate(zip(values, labels, strict=True)):
             ax.bar([i + k * width for i in x], series, width, label=label)
