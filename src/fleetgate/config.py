@@ -131,8 +131,10 @@ class PricesConfig(_Strict):
         default_factory=lambda: {"smollm2": ModelPrice(input=0.10, cached_input=0.05, output=0.20)}
     )
 
-    def for_model(self, model: str) -> ModelPrice:
-        """The price of a model, or the default."""
+    def for_model(self, model: str, adapter: str | None = None) -> ModelPrice:
+        """The price of a model (`base:adapter` first when an adapter is named), or the default."""
+        if adapter is not None and (own := self.models.get(f"{model}:{adapter}")) is not None:
+            return own
         return self.models.get(model, self.default)
 
 

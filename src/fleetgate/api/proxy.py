@@ -125,7 +125,13 @@ class Proxy:
                 serving = self._adapter_target(payload, principal, outcome)
             if not serving:
                 raise self._no_replica_for(outcome.model)
-            admission = await self.gate.admit(principal, payload, outcome.request_id, model=outcome.model)
+            admission = await self.gate.admit(
+                principal,
+                payload,
+                outcome.request_id,
+                model=outcome.model,
+                adapter=outcome.lora.name if outcome.lora is not None else None,
+            )
         except ApiError as err:
             outcome.status, outcome.http_status = "rejected", err.status
             if err.reason is not None and self.metrics is not None:

@@ -42,17 +42,24 @@ class TenantGate:
         return await self.auth.authenticate(authorization)
 
     async def admit(
-        self, principal: Principal, payload: dict[str, Any], request_id: str, *, model: str | None = None
+        self,
+        principal: Principal,
+        payload: dict[str, Any],
+        request_id: str,
+        *,
+        model: str | None = None,
+        adapter: str | None = None,
     ) -> Admission:
         """Apply the tenant's policy and reserve its limits; raise 403/400/429 with what to fix.
 
-        `model` is the base model when the body names a LoRA adapter (already checked against the tenant)."""
+        `model` is the base model when the body names a LoRA `adapter` (already checked against the tenant); an
+        adapter priced on its own (`base:adapter` in the price book) reserves budget at its own price."""
         tenant = principal.tenant
         model = model or payload["model"]
         check_model(tenant, model)
         decision = apply_policy(tenant, payload)
         out = decision.max_output_tokens or DEFAULT_OUTPUT_RESERVATION
-        price = self.prices.for_model(model)
+        price = self.prices.for_model(model, adapter)
         tokens = decision.est_input_tokens + out
         cost = cost_micros(price, decision.est_input_tokens, 0, out)
         result = await self.limiter.reserve(tenant.id, request_id, tenant.limits, tokens, cost)
