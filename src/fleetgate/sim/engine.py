@@ -11,6 +11,7 @@ from typing import Protocol
 from fleetgate.sim.kvcache import ROOT_HASH, BlockPool, chain_hashes
 from fleetgate.sim.lora import LoraRegistry
 from fleetgate.sim.profiles import Profile
+from fleetgate.sim.slots import SlotCache
 from fleetgate.sim.text import TextGenerator, piece_id
 
 
@@ -75,6 +76,7 @@ class Sequence:
     last_token_at: float | None = None
     finished_at: float | None = None
     finish_reason: str | None = None
+    slot: int = -1  # `slots` prefix cache: the slot the sequence runs in
 
     @property
     def num_tokens(self) -> int:
@@ -152,7 +154,13 @@ class Engine:
         self.block_size = profile.block_size
         # vLLM refuses to start if one max-length sequence cannot fit; the simulator shrinks the limit instead
         self.max_model_len = min(profile.max_model_len, profile.kv_blocks * profile.block_size)
-        self.pool = BlockPool(profile.kv_blocks)
+        # `blocks`: vLLM's shared, hash-addressed blocks; `slots`: llama.cpp's per-slot prompt reuse (no sharing)
+        self.slots = (
+            SlotCache(profile.max_num_seqs, profile.slot_prompt_similarity, profile.prompt_cache_tokens)
+            if profile.prefix_cache == "slots"
+            else None
+        )
+        self.pool = BlockPool(profile.kv_blocks, enable_caching=self.slots is None)
         self.lora = lora or LoraRegistry(profile.max_loras)
         self.observer = observer
         self.waiting: deque[Sequence] = deque()
@@ -181,6 +189,7 @@ class Engine:
         # vLLM V1 recompute preemption: blocks go back (their hashes stay cached), the request re-queues first
         self.running.remove(seq)
         self.pool.free(seq.blocks[::-1])
+        self._release_slot(seq)
         seq.blocks, seq.registered, seq.num_computed = [], 0, 0
         seq.status = Status.WAITING
         self.waiting.appendleft(seq)
@@ -226,14 +235,18 @@ class Engine:
             if seq.adapter and seq.adapter not in loras and len(loras) >= self.lora.max_loras:
                 skipped.append(self.waiting.popleft())  # a batch holds at most max_loras adapters
                 continue
-            # a hit is whole blocks only, and never the last prompt token (it must be computed for logits)
-            self.ensure_hashes_for_prompt(seq)
-            hit = self.pool.longest_hit(seq.hashes, (seq.num_tokens - 1) // self.block_size)
-            hit_tokens = len(hit) * self.block_size
+            if self.slots is not None:
+                hit, hit_tokens = [], self._take_slot(seq)
+            else:
+                # a hit is whole blocks only, and never the last prompt token (it must be computed for logits)
+                self.ensure_hashes_for_prompt(seq)
+                hit = self.pool.longest_hit(seq.hashes, (seq.num_tokens - 1) // self.block_size)
+                hit_tokens = len(hit) * self.block_size
             n = min(seq.num_tokens - hit_tokens, budget)
             need = self._blocks_for(hit_tokens + n) - len(hit)
             free_hits = sum(1 for b in hit if self.pool.is_free(b))
             if need > self.pool.num_free - free_hits:
+                self._release_slot(seq, keep=False)
                 break  # KV full: the request keeps waiting until blocks free up
             self.pool.touch(hit)
             new = self.pool.allocate(need)
@@ -254,6 +267,19 @@ class Engine:
                 loras.add(seq.adapter)
         self.waiting.extendleft(reversed(skipped))
         return budget
+
+    def _take_slot(self, seq: Sequence) -> int:
+        """Claim the slot llama-server would pick; the tokens it already holds (llama.cpp's n_past)."""
+        assert self.slots is not None
+        seq.slot, reused = self.slots.take(seq.prompt + seq.output_ids if seq.output_ids else seq.prompt)
+        return reused
+
+    def _release_slot(self, seq: Sequence, keep: bool = True) -> None:
+        """The slot keeps what the sequence computed (prompt and answer minus the last sampled token)."""
+        if self.slots is None or seq.slot < 0:
+            return
+        self.slots.release(seq.slot, (seq.prompt + seq.output_ids)[: seq.num_computed], self.clock.now(), keep)
+        seq.slot = -1
 
     def ensure_hashes_for_prompt(self, seq: Sequence) -> None:
         """Hash every full block of what the sequence holds so far (prompt, and output after a preemption)."""
@@ -331,6 +357,7 @@ class Engine:
         elif seq.status is Status.WAITING:
             self.waiting.remove(seq)
         self.pool.free(seq.blocks[::-1])
+        self._release_slot(seq)
         seq.blocks = []
         seq.status = Status.FINISHED
         seq.finish_reason = reason

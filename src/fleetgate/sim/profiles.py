@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,6 +29,13 @@ class Profile(BaseModel):
     max_num_seqs: int = Field(256, ge=1)
     max_num_batched_tokens: int = Field(8192, ge=1)
     max_loras: int = Field(4, ge=0)
+    # blocks: vLLM's prefix cache (hash-addressed blocks shared by every sequence, LRU-evicted, whole blocks hit);
+    # slots: llama-server's (each of max_num_seqs slots keeps its last sequence's tokens; a request takes the idle
+    # slot with the most similar prompt, above slot_prompt_similarity, else the least recently used, and reuses
+    # their common prefix token by token)
+    prefix_cache: Literal["blocks", "slots"] = "blocks"
+    slot_prompt_similarity: float = Field(0.1, ge=0, le=1)
+    prompt_cache_tokens: int = Field(0, ge=0, description="slots: llama-server's --cache-ram, in tokens (0: off)")
     # timing: a step costs decode_base_ms + decode_per_seq_ms * decoding seqs
     # + decode_per_ktoken_ms * (context tokens of the batch / 1000) + prefill tokens / prefill_tokens_per_s
     prefill_tokens_per_s: float = Field(gt=0)
