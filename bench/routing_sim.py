@@ -1,0 +1,242 @@
+"""`bench/routing.py --sim`: the routing benchmark on `sim-engine` replicas, and its comparison with the real run.
+
+The calibration check of issue 7: the same workload, router processes and client, with every llama-server
+replaced by a simulator running a profile measured on llama-server (`smollm2-llamacpp-local`, written by
+bench/calibrate_llamacpp.py). The simulated run must order the routing policies as the real run did and land
+within 30% of its TTFT p50. The real numbers are read from the `bench/routing.py` section of docs/benchmarks.md,
+so the comparison is always against the run that is published.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from procs import Child, StartError, free_port, start, wait_ready
+from report import machine_line
+
+SECTION = "## Routing calibration: sim-engine vs llama-server (bench/routing.py --sim)"
+REAL_SECTION = "## Routing on real llama-server replicas (bench/routing.py)"
+DEFAULT_PROFILE = "smollm2-llamacpp-local"
+MAX_TTFT_ERROR = 0.30  # the issue's bound on |sim - real| / real for TTFT p50
+# What the calibration found, printed under the table (edit after a run that changes the picture).
+NOTES: list[str] = [
+    "What the calibration found. The first simulated run modelled llama-server's prompt reuse as vLLM's shared "
+    "block cache: it cached 0.76-0.86 of prompt tokens where llama-server cached 0.68-0.77, its TTFT p50 was "
+    "43-75% below the real run's, and it put least_load ahead of round_robin. llama-server reuses per slot: each "
+    "of its 2 slots keeps the tokens of its last request, a request takes the idle slot with the most similar "
+    "prompt, and the `--cache-ram` prompt cache saves a slot's tokens only when the new request keeps less than "
+    "half of them, so a tenant's next conversation overwrites another conversation's history (same system prompt)"
+    " without saving it. The simulator now has that mode (`prefix_cache: slots` in the SmolLM2 profile, "
+    "src/fleetgate/sim/slots.py, written from llama.cpp's server-context.cpp and server-task.cpp of the version "
+    "we build): the cached ratios above now match the real run within 0.03 for every policy.",
+    "",
+    "What still differs: TTFT p50. The profile is the speed of one replica on a quiet machine (prefill 197 tok/s,"
+    " measured by bench/calibrate_llamacpp.py on the AMD EPYC host of the real run; this simulated run's host is "
+    "another CPU, which matters only for the gateway and client); during the real run other processes used "
+    "81-110% of a core on the 2 cores the two replicas, the gateway and the client shared, and the simulator runs"
+    " in model time, which CPU contention does not slow. Speed here moves with load: bench/calibrate_llamacpp.py "
+    "re-run during this work (load average ~7, a build and tests running) measured prefill 39 tok/s and 23 ms per"
+    " sequence per decode step, 5x slower, so the profile was left as measured rather than refitted to one noisy "
+    "run. And TTFT p50 sits between two modes (system prompt cached: ~0.2-0.5 s; cold: ~2.3 s of prefill), so a "
+    "few requests move it: two simulated runs of round_robin gave 1.40 and 1.14 s, of score 0.68 and 0.76 s, "
+    "while the real run's score, prefix and round_robin are within 6% of each other (one run each). The next step"
+    " is to run both benchmarks back to back on a quiet machine, or to scale the profile by the replicas' "
+    "measured CPU share.",
+    "",
+    "Real-time vs offline simulator (tests/e2e/test_sim_agreement.py): 27 requests of 3 tenants' multi-turn chats"
+    " through the gateway (`score`) in front of 3 `sim-engine` processes (h100-llama3-8b), then `fleetgate "
+    "simulate --trace` of the same recording: cache hit ratio 84.00% real-time, 84.00% offline (81.07% before "
+    "traces carried the recorded replies, 2.9 points apart).",
+]
+_PROMPT_TOKENS = re.compile(r"^vllm:prompt_tokens_total\{[^}]*\}\s+([0-9.eE+]+)", re.M)
+
+
+def start_sim_replicas(workdir: Path, profile: str, tag: str, count: int = 2) -> list[tuple[Child, str]]:
+    """`count` fresh sim-engines with `profile`, serving `smollm2` like the llama-server replicas; wait for /health."""
+    out: list[tuple[Child, str]] = []
+    try:
+        for i in range(count):
+            for attempt in range(3):  # a free port can be taken by another process before the child binds it
+                port = free_port()
+                args = [sys.executable, "-m", "fleetgate.cli.sim", "--port", str(port), "--profile", profile]
+                args += ["--model", "smollm2", "--seed", str(i)]
+                child = start(f"sim {i}", args, workdir / f"{tag}-r{i}.log")
+                try:
+                    wait_ready(child, f"http://127.0.0.1:{port}/health", 60)
+                except StartError:
+                    child.stop()
+                    if attempt == 2:
+                        raise
+                    continue
+                out.append((child, f"http://127.0.0.1:{port}"))
+                break
+    except BaseException:
+        for child, _ in out:
+            child.stop()
+        raise
+    return out
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        data: dict[str, Any] = json.loads(resp.read())
+        return data
+
+
+def tokenize(engine: str, messages: list[dict[str, str]], reply: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The rendered prompt's and the reply's token ids, from the simulator's own /tokenize."""
+    prompt = _post(f"{engine}/tokenize", {"messages": messages})["tokens"]
+    answer = _post(f"{engine}/tokenize", {"prompt": reply})["tokens"] if reply else []
+    return tuple(prompt), tuple(answer)
+
+
+def replica_prompt_tokens(url: str) -> int:
+    """Prompt tokens a simulated replica saw (cached included), from its vLLM-named /metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return int(sum(float(m) for m in _PROMPT_TOKENS.findall(text)))
+
+
+# ---------------------------------------------------------------------------------------------- the comparison
+
+
+def real_rows(docs: Path) -> dict[tuple[str, str], dict[str, str]]:
+    """The published real run's table, by (workload, router / policy), each row a {column: cell} mapping."""
+    lines = docs.read_text().splitlines() if docs.exists() else []
+    start_at = next((i for i, line in enumerate(lines) if line.rstrip() == REAL_SECTION), None)
+    if start_at is None:
+        return {}
+    header: list[str] | None = None
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for line in lines[start_at + 1 :]:
+        if line.startswith("## "):
+            break
+        if not line.startswith("|") or line.startswith("| ---"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+            continue
+        row = dict(zip(header, cells, strict=False))
+        rows[(row["workload"], row["router / policy"])] = row
+    return rows
+
+
+def real_meta(docs: Path) -> str:
+    """The real run's `Measured ...` line (its date, machine and load)."""
+    lines = docs.read_text().splitlines() if docs.exists() else []
+    start_at = next((i for i, line in enumerate(lines) if line.rstrip() == REAL_SECTION), None)
+    if start_at is None:
+        return "not published"
+    return next((line for line in lines[start_at + 1 :] if line.startswith("Measured ")), "not published")
+
+
+def _float(cell: str | None) -> float | None:
+    try:
+        return float(cell) if cell is not None else None
+    except ValueError:
+        return None
+
+
+def ranking(values: dict[str, float]) -> list[str]:
+    """Labels from the lowest value to the highest."""
+    return sorted(values, key=lambda k: values[k])
+
+
+def compare(sim_rows: Sequence[dict[str, Any]], real: dict[tuple[str, str], dict[str, str]]) -> dict[str, Any]:
+    """Per (workload, policy): real and simulated TTFT p50 and cached ratio, the error, and the orderings."""
+    pairs: list[dict[str, Any]] = []
+    for row in sim_rows:
+        if row["note"] or row["ttft_p50"] is None:
+            continue
+        other = real.get((row["workload"], row["label"]))
+        real_ttft = _float(other.get("TTFT p50 s")) if other else None
+        pairs.append(
+            {
+                "workload": row["workload"],
+                "label": row["label"],
+                "sim_ttft_p50": row["ttft_p50"],
+                "real_ttft_p50": real_ttft,
+                "error": (row["ttft_p50"] - real_ttft) / real_ttft if real_ttft else None,
+                "sim_ttft_p99": row["ttft_p99"],
+                "real_ttft_p99": _float(other.get("TTFT p99 s")) if other else None,
+                "sim_cached": row["cached_ratio"],
+                "real_cached": _float(other.get("cached ratio")) if other else None,
+                "sim_wall": row["wall"],
+                "real_wall": _float(other.get("wall s")) if other else None,
+            }
+        )
+    orders: dict[str, dict[str, list[str]]] = {}
+    for workload in dict.fromkeys(p["workload"] for p in pairs):
+        both = [p for p in pairs if p["workload"] == workload and p["real_ttft_p50"] is not None]
+        orders[workload] = {
+            "sim": ranking({p["label"]: p["sim_ttft_p50"] for p in both}),
+            "real": ranking({p["label"]: p["real_ttft_p50"] for p in both}),
+        }
+    return {"pairs": pairs, "orders": orders}
+
+
+def verdict_lines(cmp: dict[str, Any]) -> list[str]:
+    """PASS/FAIL lines: the same ordering per workload, every TTFT p50 within 30%."""
+    out: list[str] = []
+    for workload, order in cmp["orders"].items():
+        same = order["sim"] == order["real"] and len(order["sim"]) > 1
+        out.append(
+            f"- **{'PASS' if same else 'FAIL'}** `{workload}`: the simulated run orders the policies by TTFT p50 as "
+            f"the real run does: sim {' < '.join(order['sim'])}; real {' < '.join(order['real'])}"
+        )
+    errors = [p for p in cmp["pairs"] if p["error"] is not None]
+    if errors:
+        worst = max(errors, key=lambda p: abs(p["error"]))
+        ok = abs(worst["error"]) <= MAX_TTFT_ERROR
+        out.append(
+            f"- **{'PASS' if ok else 'FAIL'}** every TTFT p50 within {MAX_TTFT_ERROR:.0%} of the real run's: worst "
+            f"{worst['workload']} {worst['label']} {worst['sim_ttft_p50']:.3f} s vs {worst['real_ttft_p50']:.3f} s "
+            f"({worst['error']:+.0%})"
+        )
+    return out
+
+
+def _s(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def markdown_section(data: dict[str, Any], cmp: dict[str, Any], real_measured: str, notes: Sequence[str]) -> str:
+    """The calibration section: both runs side by side, the verdicts, and what was found."""
+    m, s = data["meta"], data["settings"]
+    lines = [
+        SECTION,
+        "",
+        "Simulated run: " + machine_line(m)[0].lower() + machine_line(m)[1:],
+        "",
+        "Real run (the section above): " + real_measured[0].lower() + real_measured[1:],
+        "",
+        f"Command: `{s['command']}`",
+        "",
+        "Setup: exactly the benchmark above (same seeded workload, the same `fleetgate up --engine URL --engine URL` "
+        "per policy, the same client and concurrency), with each `llama-server` replaced by a fresh `fleetgate "
+        f"sim-engine --profile {s['sim']}` (the profile bench/calibrate_llamacpp.py measured on llama-server: "
+        "prefill tokens/s, decode step time by batch and context, 2 sequences per replica, 8,192 tokens of KV), "
+        "at real time (time scale 1). Error = (sim - real) / real.",
+        "",
+        "| workload | policy | TTFT p50 real s | TTFT p50 sim s | error | TTFT p99 real s | TTFT p99 sim s "
+        "| cached ratio real | cached ratio sim | wall real s | wall sim s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for p in cmp["pairs"]:
+        lines.append(
+            f"| {p['workload']} | {p['label']} | {_s(p['real_ttft_p50'], '.3f')} | {p['sim_ttft_p50']:.3f} | "
+            f"{_s(p['error'], '+.0%')} | {_s(p['real_ttft_p99'], '.3f')} | {_s(p['sim_ttft_p99'], '.3f')} | "
+            f"{_s(p['real_cached'], '.3f')} | {_s(p['sim_cached'], '.3f')} | {_s(p['real_wall'], '.1f')} | "
+            f"{_s(p['sim_wall'], '.1f')} |"
+        )
+    lines += ["", *verdict_lines(cmp), ""]
+    lines += [*notes, ""] if notes else []
+    return "\n".join(lines)
