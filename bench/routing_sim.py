@@ -41,7 +41,7 @@ NOTES: list[str] = [
     "another CPU, which matters only for the gateway and client); during the real run other processes used "
     "81-110% of a core on the 2 cores the two replicas, the gateway and the client shared, and the simulator runs"
     " in model time, which CPU contention does not slow. Speed here moves with load: bench/calibrate_llamacpp.py "
-    "re-run during this work (load average ~7, a build and tests running) measured prefill 39 tok/s and 23 ms per"
+    "re-run here (another CPU, load average ~7) measured prefill 39 tok/s and 23 ms per"
     " sequence per decode step, 5x slower, so the profile was left as measured rather than refitted to one noisy "
     "run. And TTFT p50 sits between two modes (system prompt cached: ~0.2-0.5 s; cold: ~2.3 s of prefill), so a "
     "few requests move it: two simulated runs of round_robin gave 1.40 and 1.14 s, of score 0.68 and 0.76 s, "
