@@ -158,3 +158,18 @@ def test_lora_adapters_load_on_demand_and_stay_private(vllm_stack: Stack) -> Non
         )
     row = ledger_rows({cold["x-request-id"]})[cold["x-request-id"]]
     assert row["model"] == "smollm2" and row["adapter"] == "sql-lora" and row["engine"] == "vllm"
+
+
+def test_tenant_limits_hold_on_vllm(vllm_stack: Stack) -> None:
+    result = vllm_stack.cli("tenants", "create", "limited", "--rpm", "2", "--max-output-tokens", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    key = json.loads(vllm_stack.cli("keys", "create", "limited", "--json").stdout)["key"]
+    sdk = client(vllm_stack, key)
+    for _ in range(2):
+        reply = sdk.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": "Count to ten"}], max_tokens=50
+        )
+        assert reply.usage is not None and reply.usage.completion_tokens <= 3  # clamped to the tenant's cap
+    with pytest.raises(openai.RateLimitError) as info:
+        sdk.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert int(info.value.response.headers["retry-after"]) >= 1

@@ -108,6 +108,20 @@ async def test_least_recently_used_idle_adapter_is_unloaded_at_the_limit(engine:
     assert pool.unloads == 1
 
 
+async def test_popular_adapters_outlive_recent_ones(engine: Engine, client: EngineClient) -> None:
+    hot, tail, new = adapter("hot"), adapter("tail"), adapter("new")
+    pool = pool_for(client, [hot, tail, new], limit=2)
+    await pool.ensure(engine.replica, hot)
+    await pool.ensure(engine.replica, tail)
+    for _ in range(5):
+        with pool.using(engine.replica, "hot"):
+            pass
+    with pool.using(engine.replica, "tail"):  # the most recent, but used once
+        pass
+    await pool.ensure(engine.replica, new)
+    assert engine.registered() == {"hot", "new"}  # LRU would have evicted `hot`
+
+
 async def test_busy_and_pinned_adapters_are_never_unloaded(engine: Engine, client: EngineClient) -> None:
     pinned, busy, new = adapter("p", pinned=True), adapter("busy"), adapter("new")
     pool = pool_for(client, [pinned, busy, new], limit=2)

@@ -48,6 +48,14 @@ def test_adapter_scorer_needs_it_loaded() -> None:
     assert AdapterScorer().score(REQ, reps, context(reps)) is None
 
 
+def test_adapter_scorer_prefers_loading_then_free_slots() -> None:
+    reps = replicas(3)
+    reps[0].adapters_loading = {"sql"}  # a load in flight counts as loaded: the burst shares it
+    reps[1].adapters, reps[1].max_adapters = {"a", "b"}, 2  # full: loading there would evict one
+    reps[2].adapters, reps[2].max_adapters = {"a"}, 2  # a free slot
+    assert AdapterScorer().score(RouteRequest(model="m", adapter="sql"), reps, context(reps)) == {0: 1.0, 2: 0.5}
+
+
 def test_queue_scorer_halves_at_scale_and_ignores_stale() -> None:
     reps = replicas(3)
     reps[0].metrics = metrics(NOW, waiting=0)

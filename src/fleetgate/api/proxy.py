@@ -353,6 +353,12 @@ class Proxy:
                 if resp.status >= 500:
                     detail = (await resp.read())[:300].decode(errors="replace")
                     raise UpstreamError(f"replica {replica.id} answered {resp.status}: {detail}")
+                if resp.status == 404 and lora is not None:
+                    # The engine no longer has the adapter (unloaded by another gateway, or restarted): forget
+                    # it there and try again, which loads it anew; the client never sees the engine's 404.
+                    replica.adapters = replica.adapters - {lora.name}
+                    verdict = None
+                    raise UpstreamError(f"replica {replica.id} had lost LoRA adapter `{lora.name}`")
                 headers = _route_headers(outcome.request_id, decision, outcome.adapter_load)
                 verdict = None  # from here a client hang-up says nothing about the replica
                 if resp.status != 200 or not outcome.stream:

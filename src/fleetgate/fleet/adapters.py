@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _JSON = {"content-type": "application/json"}
 LoadObserver = Callable[[str, str, str, float], None]  # (replica id, adapter, outcome, seconds)
+POPULARITY_HALF_LIFE = 60.0
 
 
 class AdapterLoadError(UpstreamError):
@@ -60,6 +61,8 @@ class AdapterPool:
         self._loading: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._last_used: dict[tuple[str, str], float] = {}
         self._in_use: dict[tuple[str, str], int] = {}
+        # Requests per adapter, decayed (half-life POPULARITY_HALF_LIFE s): eviction keeps popular adapters resident.
+        self._popularity: dict[str, tuple[float, float]] = {}  # adapter -> (score, at)
         self.loads = 0
         self.unloads = 0
         self.observer: LoadObserver | None = None
@@ -89,7 +92,8 @@ class AdapterPool:
         """Mark the adapter busy on the replica for the request's lifetime (never unloaded while busy)."""
         key = (replica.id, adapter)
         self._in_use[key] = self._in_use.get(key, 0) + 1
-        self._last_used[key] = self.clock()
+        now = self._last_used[key] = self.clock()
+        self._popularity[adapter] = (self.popularity(adapter, now) + 1.0, now)
         try:
             yield
         finally:
@@ -99,6 +103,15 @@ class AdapterPool:
             else:
                 del self._in_use[key]
             self._last_used[key] = self.clock()
+
+    def popularity(self, adapter: str, now: float | None = None) -> float:
+        """Recent requests for the adapter across the fleet, exponentially decayed."""
+        found = self._popularity.get(adapter)
+        if found is None:
+            return 0.0
+        score, at = found
+        now = self.clock() if now is None else now
+        return float(score * 0.5 ** ((now - at) / POPULARITY_HALF_LIFE))
 
     async def ensure(self, replica: Replica, adapter: Adapter) -> bool:
         """Make sure `adapter` is loaded on `replica`; True if this call had to wait for a load (cold)."""
@@ -141,6 +154,7 @@ class AdapterPool:
         # vLLM answers 400 "already loaded" when another gateway process loaded it first: that is success.
         if status == 200 or (status == 400 and "already" in detail.lower()):
             replica.adapters = replica.adapters | {adapter.name}
+            replica.adapter_epoch += 1
             self.loads += status == 200
             self._last_used[(replica.id, adapter.name)] = self.clock()
             self._observe(replica, adapter.name, "loaded" if status == 200 else "already", started)
@@ -160,7 +174,10 @@ class AdapterPool:
                 # Every slot is busy or pinned: the engine keeps more in CPU memory (slower swaps), never fails.
                 log.warning("replica %s has no idle adapter to unload; loading over its limit", replica.id)
                 return
-            victim = min(idle, key=lambda a: self._last_used.get((replica.id, a), 0.0))
+            # Least popular first (recency breaks ties): under a skewed mix, plain LRU let one request for a
+            # tail adapter evict a hot one, which the next request then had to load again.
+            now = self.clock()
+            victim = min(idle, key=lambda a: (self.popularity(a, now), self._last_used.get((replica.id, a), 0.0)))
             await self.unload(replica, victim)
             loaded.remove(victim)
 
@@ -171,6 +188,7 @@ class AdapterPool:
         if status not in (200, 404):
             raise AdapterLoadError(f"replica {replica.id} could not unload `{name}` ({status}): {detail[:300]}")
         replica.adapters = replica.adapters - {name}
+        replica.adapter_epoch += 1
         self._last_used.pop((replica.id, name), None)
         self.unloads += status == 200
         self._observe(replica, name, "unloaded", started)
@@ -195,6 +213,9 @@ class AdapterPool:
 
     async def keep_pinned(self, registry: ReplicaRegistry) -> None:
         """Load every pinned adapter onto each healthy replica of its base that can load at run time."""
+        for replica in registry.all():
+            if replica.max_adapters is None and can_load(replica):
+                replica.max_adapters = self.max_per_replica  # so the router can see where a load needs no unload
         for adapter in self.catalog.pinned():
             for replica in registry.candidates(adapter.base_model):
                 if can_load(replica) and adapter.name not in replica.adapters:

@@ -60,6 +60,7 @@ class HealthChecker:
     async def check(self, replica: Replica) -> None:
         """Probe one replica and record the result."""
         adapter = adapter_for(replica.kind)
+        epoch = replica.adapter_epoch
         try:
             if adapter.health_path != adapter.models_path:
                 await self._client.get_json(replica.url + adapter.health_path, self._timeout)
@@ -74,7 +75,9 @@ class HealthChecker:
         if models - adapters:
             replica.models = models - adapters  # vLLM lists loaded adapters as models: they are not bases
         replica.context_len = context_of(listing) or replica.context_len
-        replica.adapters = adapters
+        if replica.adapter_epoch == epoch and not replica.adapters_loading:
+            # Only a list fetched after this gateway's last load or unload there says what is loaded now.
+            replica.adapters = adapters
         if replica.kind == "openai":
             replica.kind = detected_kind(listing) or "openai"
         if not replica.healthy:

@@ -34,6 +34,8 @@ class Replica:
     context_len: int | None = None  # the engine's context window per request (llama.cpp: per slot)
     max_adapters: int | None = None  # LoRA adapters it holds at once; None: the pool's configured default
     adapters_loading: set[str] = field(default_factory=set)  # loads this gateway has in flight there
+    # Bumped by every load/unload this gateway makes: a model list fetched before one is not applied after it.
+    adapter_epoch: int = 0
 
     def serves(self, model: str) -> bool:
         """True if this replica lists the model (an empty list means 'not known yet': never matches)."""

@@ -42,19 +42,27 @@ class SessionScorer:
 
 
 class AdapterScorer:
-    """1 for replicas that have the request's LoRA adapter loaded now, or are loading it (not merely loadable).
+    """1 for replicas that have the request's LoRA adapter loaded now, or are loading it; 0.5 where loading it
+    would need no unload (a free adapter slot); nothing for replicas that would have to evict one.
 
     A load in progress counts: a burst of requests for one cold adapter then follows the first one to its replica
-    and shares that single load, instead of starting a load on every replica."""
+    and shares that single load, instead of starting a load on every replica. A free slot is preferred so a cold
+    adapter does not push out one that other requests are about to use."""
 
     name = "adapter"
 
     def score(self, request: RouteRequest, candidates: Sequence[Replica], ctx: RouteContext) -> Scores:
-        """1.0 where the adapter is loaded or loading (sparse); no opinion when no adapter is asked for."""
+        """1.0 where loaded or loading, 0.5 where there is room (sparse); no opinion without an adapter."""
         adapter = request.adapter
         if adapter is None:
             return None
-        return {i: 1.0 for i, r in enumerate(candidates) if adapter in r.adapters or adapter in r.adapters_loading}
+        scores: dict[int, float] = {}
+        for i, r in enumerate(candidates):
+            if adapter in r.adapters or adapter in r.adapters_loading:
+                scores[i] = 1.0
+            elif r.max_adapters is not None and len(r.adapters) + len(r.adapters_loading) < r.max_adapters:
+                scores[i] = 0.5
+        return scores
 
 
 class QueueScorer:
