@@ -74,6 +74,22 @@ def _call(method: str, url: str, body: dict[str, Any] | None, timeout: float) ->
         return status, raw.decode(errors="replace")
 
 
+def _wait_healthy(facts: EngineFacts, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """Poll /health until 200; fail with the engine's log if it exits or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{facts.kind} exited with {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            if facts.get("/health", timeout=1)[0] == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{facts.kind} not healthy within {timeout:.0f} s: {log.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
 def _start_sim(tmp: Path) -> Iterator[EngineFacts]:
     port = free_port()
     args = [sys.executable, "-m", "fleetgate.cli.sim", "--port", str(port), "--profile", "h100-llama3-8b"]
@@ -84,18 +100,7 @@ def _start_sim(tmp: Path) -> Iterator[EngineFacts]:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     try:
         facts = EngineFacts("sim-engine", f"http://127.0.0.1:{port}", "smollm2", SIM_BLOCK_SIZE, str(tmp / "lora-a"))
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"sim-engine exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if facts.get("/health", timeout=1)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"sim-engine not healthy within 30 s: {log.read_text()[-2000:]}")
-            time.sleep(0.05)
+        _wait_healthy(facts, proc, log, 30)
         yield facts
     finally:
         proc.terminate()  # by PID: the process this fixture started
@@ -132,18 +137,7 @@ def _start_vllm(tmp: Path) -> Iterator[EngineFacts]:
         )
     try:
         facts = EngineFacts("vllm", f"http://127.0.0.1:{port}", cfg.model_alias, 128, str(adapter))
-        deadline = time.monotonic() + cfg.vllm.start_timeout
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM exited with {proc.returncode}: {log.read_text()[-3000:]}")
-            try:
-                if facts.get("/health", timeout=1)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM not healthy within {cfg.vllm.start_timeout:.0f} s: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        _wait_healthy(facts, proc, log, cfg.vllm.start_timeout)
         yield facts
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the group of the process this fixture started (its own session)

@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import aiohttp
@@ -47,6 +48,7 @@ _RETRYABLE = (aiohttp.ClientConnectionError,)
 _JSON = {"content-type": "application/json"}
 _NOTHING_USED: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}
 _PRIORITY_HEADER_VALUES = {name: index for index, name in enumerate(PRIORITIES)}
+_NO_ADAPTER = nullcontext()  # stateless: one for every request without an adapter
 
 
 class Proxy:
@@ -326,10 +328,10 @@ class Proxy:
         lora: Adapter | None = None,
     ) -> None:
         """Send to one replica and relay its answer; raises ApiError (before any byte was sent) to retry."""
-        if lora is None or self.adapters is None:
-            return await self._forward_to(decision, body, outcome, send, client_wants_usage, None)
-        with self.adapters.using(decision.replica, lora.name):
-            return await self._forward_to(decision, body, outcome, send, client_wants_usage, lora)
+        pool = self.adapters
+        # An adapter in use on a replica is never unloaded there, from before its load until the last byte.
+        with _NO_ADAPTER if lora is None or pool is None else pool.using(decision.replica, lora.name):
+            await self._forward_to(decision, body, outcome, send, client_wants_usage, lora)
 
     async def _forward_to(
         self,

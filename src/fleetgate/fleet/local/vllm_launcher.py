@@ -34,24 +34,34 @@ def converted_dir(gguf: Path, dtype: str) -> Path:
 
 
 def ensure_hf_model(env: VllmEnv, gguf: Path, dtype: str) -> Path:
-    """Convert the GGUF to a Hugging Face folder once (~45 s here), offline; later calls reuse it."""
+    """Convert the GGUF to a Hugging Face folder once (~45-70 s here), offline; later calls reuse it."""
     out = converted_dir(gguf, dtype)
-    if (out / "config.json").is_file():
-        return out
+    if not (out / "config.json").is_file():
+        _build_into(
+            out, [str(env.python), str(script("convert_gguf.py")), str(gguf)], [dtype], f"converting {gguf.name}"
+        )
+    return out
+
+
+def _build_into(out: Path, cmd: list[str], tail: list[str], what: str) -> None:
+    """Run `cmd STAGING *tail` (a script of the vLLM environment), then move STAGING to `out`: never half a folder."""
     staging = out.with_name(out.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
-    cmd = [str(env.python), str(script("convert_gguf.py")), str(gguf), str(staging), dtype]
     try:
         result = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=_CONVERT_TIMEOUT, check=False, env=_offline_env()
+            [*cmd, str(staging), *tail],
+            capture_output=True,
+            text=True,
+            timeout=_CONVERT_TIMEOUT,
+            check=False,
+            env=_offline_env(),
         )
     except subprocess.TimeoutExpired:
-        raise EngineBuildError(f"converting {gguf.name} for vLLM took over {_CONVERT_TIMEOUT:.0f}s") from None
+        raise EngineBuildError(f"{what} took over {_CONVERT_TIMEOUT:.0f}s") from None
     if result.returncode != 0:
-        raise EngineBuildError(f"converting {gguf.name} for vLLM failed: {result.stderr.strip()[-800:]}")
+        raise EngineBuildError(f"{what} failed: {result.stderr.strip()[-800:]}")
     shutil.rmtree(out, ignore_errors=True)
     os.rename(staging, out)
-    return out
 
 
 def _offline_env() -> dict[str, str]:
@@ -132,19 +142,7 @@ class VllmLauncher:
 def demo_adapter(env: VllmEnv, model_dir: Path, seed: int, rank: int = 8) -> Path:
     """A small random LoRA adapter for `model_dir` (seeded, cached): for tests, benchmarks and demos."""
     out = cache_dir() / "adapters" / f"{model_dir.name}-seed{seed}-r{rank}"
-    if (out / "adapter_config.json").is_file():
-        return out
-    staging = out.with_name(out.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    cmd = [str(env.python), str(script("make_lora.py")), str(model_dir), str(staging), str(seed), str(rank)]
-    try:
-        result = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=_CONVERT_TIMEOUT, check=False, env=_offline_env()
-        )
-    except subprocess.TimeoutExpired:
-        raise EngineBuildError(f"making adapter seed {seed} took over {_CONVERT_TIMEOUT:.0f}s") from None
-    if result.returncode != 0:
-        raise EngineBuildError(f"making adapter seed {seed} failed: {result.stderr.strip()[-800:]}")
-    shutil.rmtree(out, ignore_errors=True)
-    os.rename(staging, out)
+    if not (out / "adapter_config.json").is_file():
+        cmd = [str(env.python), str(script("make_lora.py")), str(model_dir)]
+        _build_into(out, cmd, [str(seed), str(rank)], f"making adapter seed {seed}")
     return out
