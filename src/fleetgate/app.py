@@ -43,6 +43,7 @@ from fleetgate.observability.dashboard import admin_key_check, dashboard_routes,
 from fleetgate.observability.metrics import GatewayMetrics, StateCollector
 from fleetgate.observability.timeseries import TimeSeries
 from fleetgate.paths import default_state_dir
+from fleetgate.routing.filters import HasRoom
 from fleetgate.routing.pipeline import RoutingPipeline
 from fleetgate.routing.plugins import make_router
 from fleetgate.scheduling.admission import AdmissionController
@@ -121,7 +122,9 @@ def build_gateway(config: Config, registry: ReplicaRegistry) -> Gateway:
     admission = AdmissionController(config.admission, registry) if config.admission.enabled else None
     if admission is not None:
         admission.wait_observer = metrics.observe_wait
-    router = make_router(config.routing.policy, config.routing.params)
+    # With admission on, an admitted request goes to a replica with room for it (see HasRoom).
+    room = [HasRoom(admission.replica_allowance)] if admission is not None else []
+    router = make_router(config.routing.policy, config.routing.params, extra_filters=room)
     scraper = MetricsScraper(
         registry, client, config.routing.scrape_interval, config.admission.stale_after, config.routing.scrape_timeout
     )

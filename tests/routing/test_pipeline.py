@@ -9,12 +9,13 @@ import pytest
 
 from fleetgate.errors import ConfigError
 from fleetgate.routing.breaker import BreakerState
+from fleetgate.routing.filters import HasRoom
 from fleetgate.routing.pipeline import RoutingPipeline
 from fleetgate.routing.plugins import make_router
 from fleetgate.routing.router import RouteRequest
 from fleetgate.routing.settings import DEFAULT_WEIGHTS, RoutingSettings
 from fleetgate.routing.stats import reason_kind
-from tests.routing.helpers import FakeClock, replicas
+from tests.routing.helpers import FakeClock, metrics, replicas
 
 BREAKER = {"failures": 2, "window": 10, "cooldown": 5, "successes": 1}
 
@@ -62,6 +63,21 @@ def test_filters_drop_wrong_model_unhealthy_and_missing_adapter() -> None:
     reps[2].kind = "llamacpp"  # adapters fixed at start, and not this one
     picks = {router.pick(RouteRequest(model="m", adapter="sql"), reps).replica.id for _ in range(10)}
     assert picks == {"r3"}
+
+
+def test_has_room_puts_an_admitted_request_where_admission_counted_room() -> None:
+    clock = FakeClock()
+    reps = replicas(2)
+    reps[0].in_flight, reps[1].in_flight = 2, 1  # two allowed on each: only r1 has room
+    reps[0].metrics = metrics(clock.now, waiting=0)
+    reps[1].metrics = metrics(clock.now, waiting=2)  # a scrape caught a request between engine steps
+    plain = make_router("score", {"breaker": BREAKER}, clock=clock, rng=random.Random(1))
+    assert {plain.pick(RouteRequest(model="m"), reps).replica.id for _ in range(5)} == {"r0"}  # behind a full batch
+    room = make_router("score", clock=clock, rng=random.Random(1), extra_filters=[HasRoom(lambda r: 2)])
+    assert {room.pick(RouteRequest(model="m"), reps).replica.id for _ in range(5)} == {"r1"}
+    reps[1].in_flight = 2
+    decision = room.pick(RouteRequest(model="m"), reps)  # no room anywhere: fails open and says so
+    assert decision.reason.endswith(";fallback=has_room")
 
 
 def test_in_flight_tokens_are_counted_until_finish() -> None:

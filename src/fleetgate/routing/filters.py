@@ -66,3 +66,22 @@ class AdapterAvailable:
         if adapter is None:
             return candidates
         return [r for r in candidates if adapter in r.adapters or self._loadable(r, adapter)]
+
+
+class HasRoom:
+    """Keeps replicas where this gateway has fewer requests in flight than admission allows there.
+
+    Admission counts a model's room over all its replicas, so an admitted request has a free place somewhere;
+    this puts it there rather than behind a full batch because a scraped queue length (up to a scrape interval
+    old) tipped the score. Only added when admission is on; fails open like every filter.
+    """
+
+    name = "has_room"
+
+    def __init__(self, allowance: Callable[[Replica], int]) -> None:
+        self._allowance = allowance
+
+    def keep(self, request: RouteRequest, candidates: list[Replica]) -> list[Replica]:
+        """Replicas below their in-flight allowance."""
+        allowance = self._allowance
+        return [r for r in candidates if r.in_flight < allowance(r)]

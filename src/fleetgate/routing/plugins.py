@@ -98,6 +98,7 @@ def make_router(
     *,
     clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
+    extra_filters: Sequence[Filter] = (),
 ) -> RoutingPipeline:
     """Build the routing policy registered under `name`, with its parameters (see RoutingSettings)."""
     factory = POLICIES.get(name)
@@ -109,7 +110,7 @@ def make_router(
     index = PrefixIndex(settings.prefix, clock)
     return RoutingPipeline(
         factory(settings, stats),
-        default_filters(breakers),
+        [*default_filters(breakers), *extra_filters],
         settings,
         breakers=breakers,
         index=index,
