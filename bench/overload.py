@@ -16,8 +16,9 @@ each) behind one `fleetgate up --engine ... --engine ...` gateway (admission: 2 
    VmHWM read at the end. Target: memory stays flat (at most +5 MB over the flood's second half: no trend; peak
    within +25% of the RSS at the flood's start: a bounded working set).
 
-Usage: .venv/bin/python bench/overload.py [--duration 60] [--phase 30] [--rate 1000] [--no-docs] [--json PATH]
-       .venv/bin/python bench/overload.py --report-from PATH   (print and publish a saved --json run again)
+Usage: .venv/bin/python bench/overload.py [--duration 60] [--phase 30] [--rate 1000] [--json PATH] [--note TEXT]
+       .venv/bin/python bench/overload.py --report-from PATH [--note TEXT]   (publish a saved --json run again)
+       --no-docs prints only
 """
 
 from __future__ import annotations
@@ -712,7 +713,7 @@ def docs_section(runs: list[ConfigRun], s: Settings, meta: dict[str, Any]) -> st
         f"the previous behaviour) runs `alone` and `noisy` only. Engine queue is how much of the phase either "
         f"engine had requests waiting in its own queue (`vllm:num_requests_waiting` from its /metrics, sampled "
         f"every 0.1 s by the benchmark) and the most seen; the engines run `--max-num-seqs {SLOTS}`, the gateway "
-        f"admits {SLOTS} per replica, so admission alone should keep them at 0. "
+        f"admits {SLOTS} per replica, so they stay near 0 (a request waits there until the engine's next step). "
         f"Gateway RSS is VmRSS from `/proc/<pid>/status` sampled every 0.25 s (VmHWM is the "
         f"process's lifetime peak). Gateway CPU is utime+stime of its process over the phase (from before the "
         f"other load starts until it ended); machine busy is the busy time of all CPUs (/proc/stat) in cores; "
@@ -739,6 +740,7 @@ def docs_section(runs: list[ConfigRun], s: Settings, meta: dict[str, Any]) -> st
         *(f"- {line}" for line in verdicts(runs, s.rate)),
         "",
         *([reading(runs), ""] if "noisy-1x" in runs[0].phases else []),
+        *([f"Machine: {meta['note']}", ""] if meta.get("note") else []),
     ]
     return "\n".join(parts)
 
@@ -770,9 +772,12 @@ def reading(runs: list[ConfigRun]) -> str:
         )
     text += (
         f" With the reserve the noisy tenant may take {slots - held} of the {slots} slots while the quiet tenant is "
-        f"active, so a quiet request finds a free slot on arrival: quiet p99 {noisy.quiet.p(99):.1f} ms "
+        f"active, so a quiet request finds a free slot on arrival, and the router's `has_room` filter sends it to "
+        f"the replica that has it: quiet p99 {noisy.quiet.p(99):.1f} ms "
         f"({noisy.quiet.p(99) / alone.quiet.p(99):.2f}x alone; with the noisy tenant at exactly its share "
-        f"{share.quiet.p(99):.1f} ms)."
+        f"{share.quiet.p(99):.1f} ms). What remains (p50 {alone.quiet.p(50):.1f} -> {noisy.quiet.p(50):.1f} ms) is "
+        f"sharing an engine's batch with a noisy request: the quiet prefill waits for the running step and then "
+        f"runs in a batch of two."
     )
     if contrast is not None:
         text += (
@@ -836,6 +841,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-docs", action="store_true", help="print only; leave the docs alone")
     p.add_argument("--json", type=Path, default=None, dest="json_path", help="write raw numbers to this JSON file")
     p.add_argument("--report-from", type=Path, default=None, help="print and publish a previous run's --json file")
+    p.add_argument("--note", default=None, help="what else the machine was doing (docs)")
     p.add_argument("--load-worker", type=Path, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -850,6 +856,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.report_from is not None:
         saved_meta, saved_runs = load_runs(args.report_from)
+        if args.note is not None:
+            saved_meta["note"] = args.note
         saved = saved_meta["settings"]
         settings = Settings(saved["duration"], saved["phase"], saved["rate"], saved["quiet_rate"], settings.docs, None)
         publish(saved_runs, settings, saved_meta)
@@ -857,6 +865,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     meta = machine_info(("aiohttp", "uvicorn", "uvloop"))
     meta["command"] = command_line()
+    if args.note is not None:
+        meta["note"] = args.note
     meta["settings"] = {
         "duration": args.duration,
         "phase": args.phase,
