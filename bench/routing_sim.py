@@ -36,18 +36,17 @@ NOTES: list[str] = [
     "src/fleetgate/sim/slots.py, written from llama.cpp's server-context.cpp and server-task.cpp of the version "
     "we build): the cached ratios above now match the real run within 0.03 for every policy.",
     "",
-    "What still differs: TTFT p50. The profile is the speed of one replica on a quiet machine (prefill 197 tok/s,"
-    " measured by bench/calibrate_llamacpp.py on the AMD EPYC host of the real run; this simulated run's host is "
-    "another CPU, which matters only for the gateway and client); during the real run other processes used "
-    "81-110% of a core on the 2 cores the two replicas, the gateway and the client shared, and the simulator runs"
-    " in model time, which CPU contention does not slow. Speed here moves with load: bench/calibrate_llamacpp.py "
-    "re-run here (another CPU, load average ~7) measured prefill 39 tok/s and 23 ms per"
-    " sequence per decode step, 5x slower, so the profile was left as measured rather than refitted to one noisy "
-    "run. And TTFT p50 sits between two modes (system prompt cached: ~0.2-0.5 s; cold: ~2.3 s of prefill), so a "
-    "few requests move it: two simulated runs of round_robin gave 1.40 and 1.14 s, of score 0.68 and 0.76 s, "
-    "while the real run's score, prefix and round_robin are within 6% of each other (one run each). The next step"
-    " is to run both benchmarks back to back on a quiet machine, or to scale the profile by the replicas' "
-    "measured CPU share.",
+    "The run above is the calibration done as it should be: on one quiet machine (other processes used 1-2% of"
+    " a core), bench/calibrate_llamacpp.py measured the profile first (prefill 124 tok/s, decode 8.8 ms + 9.4 ms"
+    " per sequence + 31 ms per 1,000 tokens of context), then the real benchmark ran, then this one, back to"
+    " back. Both checks pass; least_load (-29%) is close to the bound. An earlier attempt compared a simulated run"
+    " against a real run from another CPU (AMD EPYC, with 81-110% of a core taken by other processes) and"
+    " missed both checks (TTFT p50 -11% to -59%, another order): the profile is the speed of one replica on one"
+    " machine, and the simulator runs in model time, which CPU contention does not slow, so profile and real run"
+    " must come from the same machine state. What still differs: TTFT p99 (the simulated tail is 1.2-1.8x the"
+    " real one) and wall time (+12-40%): the simulator serves its 2 sequences as one batch where llama-server's"
+    " single thread interleaves them, and TTFT p50 sits between two modes (system prompt cached ~0.2-0.5 s, cold"
+    " ~2.3 s), so a few requests move it between runs.",
     "",
     "Real-time vs offline simulator (tests/e2e/test_sim_agreement.py): 27 requests of 3 tenants' multi-turn chats"
     " through the gateway (`score`) in front of 3 `sim-engine` processes (h100-llama3-8b), then `fleetgate "
