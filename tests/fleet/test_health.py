@@ -1,0 +1,79 @@
+"""Health checks read what an engine is from its own answers: kind, base models, loaded adapters, context."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from fleetgate.config import GatewayConfig
+from fleetgate.fleet.client import EngineClient
+from fleetgate.fleet.health import HealthChecker, context_of, detected_kind
+from fleetgate.fleet.replicas import Replica, ReplicaRegistry
+
+VLLM_LISTING = {
+    "object": "list",
+    "data": [
+        {"id": "smollm2", "object": "model", "owned_by": "vllm", "parent": None, "max_model_len": 2048},
+        {"id": "sql-lora", "object": "model", "owned_by": "vllm", "parent": "smollm2", "max_model_len": 2048},
+    ],
+}
+
+
+def test_kind_comes_from_owned_by() -> None:
+    assert detected_kind(VLLM_LISTING) == "vllm"
+    assert detected_kind({"data": [{"id": "m", "owned_by": "llamacpp"}]}) == "llamacpp"
+    assert detected_kind({"data": [{"id": "m", "owned_by": "sglang"}]}) == "sglang"
+    assert detected_kind({"data": [{"id": "m", "owned_by": "acme"}]}) is None
+    assert detected_kind(["not", "a", "listing"]) is None
+    assert context_of(VLLM_LISTING) == 2048
+    assert context_of({"data": [{"id": "m", "meta": {"n_ctx": 4096}}]}) == 4096
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[TestServer]:
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response(VLLM_LISTING)
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+async def test_plain_engine_is_recognised_and_adapters_are_not_bases(engine: TestServer) -> None:
+    client = EngineClient(GatewayConfig())
+    await client.start()
+    try:
+        replica = Replica(id="e0", url=str(engine.make_url("")).rstrip("/"))  # named by URL only: kind "openai"
+        checker = HealthChecker(ReplicaRegistry([replica]), client, interval=60, timeout=2)
+        await checker.check(replica)
+        assert replica.healthy and replica.kind == "vllm"
+        assert replica.models == {"smollm2"} and replica.adapters == {"sql-lora"} and replica.context_len == 2048
+        # A load or unload by this gateway since the list was fetched wins over the list.
+        epoch = replica.adapter_epoch
+        replica.adapters, replica.adapter_epoch = set(), epoch + 1
+
+        original = client.get_json
+
+        async def list_then_unload(url: str, timeout: float) -> object:
+            answer = await original(url, timeout)
+            replica.adapter_epoch += 1  # an unload finished while the list was in flight
+            return answer
+
+        client.get_json = list_then_unload  # type: ignore[method-assign]
+        await checker.check(replica)
+        assert replica.adapters == set()
+        client.get_json = original  # type: ignore[method-assign]
+        await checker.check(replica)
+        assert replica.adapters == {"sql-lora"}
+    finally:
+        await client.close()
