@@ -252,3 +252,30 @@ def test_generated_requests_carry_their_history() -> None:
             assert nxt.prompt_ids[: len(prev.prompt_ids) + len(prev.reply_ids)] == prev.prompt_ids + prev.reply_ids
             assert prev.prompt_text is not None and nxt.prompt_text is not None
             assert nxt.prompt_text.startswith(prev.prompt_text)
+
+
+def _flat(index: int, arrival: float, tenant: str, tokens: int = 200) -> SimRequest:
+    """A standalone request with its own prompt (no reuse) and a fixed-length answer."""
+    prompt = [1000 + index * 7919 % 50_000 + i for i in range(tokens)]
+    return SimRequest(index, arrival, tenant, prompt, 32, ["x"] * 32, [7] * 32, prompt_text=f"{tenant}-{index}")
+
+
+def test_the_gateways_reserve_lets_a_quiet_tenant_start_at_once() -> None:
+    # A noisy tenant queues 60 requests at once; a quiet one sends one every 0.5 s. With the gateway's reserve the
+    # quiet requests are admitted on arrival; with it off (plain work-conserving DRR) they wait for a slot to end.
+    noisy = [_flat(i, 0.0, "noisy") for i in range(60)]
+    quiet = [_flat(100 + i, 0.5 + i * 0.5, "quiet") for i in range(8)]
+    requests = sorted(noisy + quiet, key=lambda r: (r.arrival, r.index))
+
+    def quiet_waits(**admission: Any) -> list[float]:
+        cfg = AdmissionConfig(max_in_flight_per_replica=4, **admission)
+        result = run(requests, "round_robin", replicas=1, admission=cfg)
+        return [o.routed_at - o.arrival for o in result.outcomes if o.tenant == "quiet" and o.status == "ok"]
+
+    with_reserve = quiet_waits()
+    without = quiet_waits(reserve_slots=0, reserve_fraction=0.0)
+    assert len(with_reserve) == len(without) == 8
+    # The first one finds every slot taken by the tenant that was alone (work-conserving); from then on the last
+    # slot is held for the quiet tenant while it is active.
+    assert max(with_reserve[1:]) == 0.0
+    assert sum(wait > 0.05 for wait in without[1:]) >= 5, without  # mostly behind a running noisy request

@@ -20,7 +20,7 @@ from fleetgate.config import AdmissionConfig
 from fleetgate.errors import InvalidRequest, Overloaded, RateLimited
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.scheduling.fair_queue import PRIORITIES, FairQueue, Ticket
-from fleetgate.scheduling.reserve import ReservePolicy, ShareReserve, TenantShares
+from fleetgate.scheduling.reserve import ReservePolicy, ShareReserve, TenantShares, may_take
 
 BATCH = PRIORITIES.index("batch")
 
@@ -69,14 +69,17 @@ class AdmissionController:
         return state
 
     def _may_take(self, state: _ModelState, tenant: str, priority: int, weight: int, capacity: int) -> bool:
-        if state.admitted >= capacity:
-            return False
-        if state.admitted < capacity - self.reserve.reserved(capacity):
-            return True
-        # Inside the reserve: only a tenant holding less than its weighted share of the capacity, among the
-        # tenants active at this priority or a higher one (a tenant alone there has all of it).
-        total = state.shares.weight_at(priority, self.clock(), state.queue.waiting())
-        return state.shares.holding(tenant) * total < capacity * weight
+        return may_take(
+            self.reserve,
+            state.shares,
+            state.admitted,
+            capacity,
+            tenant,
+            priority,
+            weight,
+            self.clock(),
+            state.queue.waiting(),
+        )
 
     def replica_allowance(self, replica: Replica) -> int:
         """How many requests this gateway may have on a replica at once."""

@@ -142,3 +142,24 @@ class TenantShares:
     def _add(self, weight: float, first: int, stop: int) -> None:
         for p in range(first, stop):
             self._totals[p] += weight
+
+
+def may_take(
+    reserve: ReservePolicy,
+    shares: TenantShares,
+    admitted: int,
+    capacity: int,
+    tenant: str,
+    priority: int,
+    weight: int,
+    now: float,
+    queued: Iterable[tuple[str, int]],
+) -> bool:
+    """The admission rule (the gateway's controller and the offline simulator both use this one)."""
+    if admitted >= capacity:
+        return False
+    if admitted < capacity - reserve.reserved(capacity):
+        return True
+    # Inside the reserve: only a tenant holding less than its weighted share of the capacity, among the tenants
+    # active at this priority or a higher one (a tenant alone there has all of it).
+    return shares.holding(tenant) * shares.weight_at(priority, now, queued) < capacity * weight

@@ -24,6 +24,7 @@ from fleetgate.routing.plugins import make_router
 from fleetgate.routing.router import RouteDecision, RouteRequest
 from fleetgate.scheduling.admission import BATCH, AdmissionController
 from fleetgate.scheduling.fair_queue import PRIORITIES, FairQueue, Ticket
+from fleetgate.scheduling.reserve import ReservePolicy, ShareReserve, TenantShares, may_take
 from fleetgate.sim.decode_run import DecodeBatch
 from fleetgate.sim.engine import Engine, FakeClock, Sequence, Status, Step
 from fleetgate.sim.kvcache import ROOT_HASH, chain_hashes
@@ -68,6 +69,7 @@ class Outcome:
     cached_tokens: int = 0
     output_tokens: int = 0
     status: str = "pending"  # ok, or shed:<reason> (kv_pressure, queue_full, evicted, deadline, context)
+    priority: int = 1  # index into PRIORITIES
 
 
 @dataclass(slots=True, eq=False)
@@ -124,6 +126,10 @@ class FleetSim:
             self.admission = AdmissionController(spec.admission, ReplicaRegistry(self.candidates), now)
         self._context = min(s.engine.max_model_len for s in self.replicas)
         self.queue: FairQueue[tuple[SimRequest, Outcome]] = FairQueue(spec.admission.quantum if spec.admission else 1)
+        # The gateway's reserve for tenants under their share, on simulated time (see scheduling/reserve.py).
+        window = spec.admission.active_window if spec.admission else 10.0
+        self.shares = TenantShares(window)
+        self.reserve: ReservePolicy = self.admission.reserve if self.admission is not None else ShareReserve(0, 0.0)
         self.admitted = 0
         self.capacity = 0
         self._heap: list[tuple[float, int, int, Any]] = []
@@ -184,7 +190,7 @@ class FleetSim:
                     self._deadline(obj)
             elif nxt is not None:
                 clock.t = nxt.arrival
-                out = Outcome(nxt.index, nxt.tenant, nxt.arrival, len(nxt.prompt_ids))
+                out = Outcome(nxt.index, nxt.tenant, nxt.arrival, len(nxt.prompt_ids), priority=nxt.priority)
                 outcomes.append(out)
                 self._arrive(nxt, out)
                 nxt = next(arrivals, None)
@@ -211,9 +217,10 @@ class FleetSim:
             if pressure is not None and pressure >= cfg.shed_kv_threshold:
                 self._shed(out, "kv_pressure")
                 return
-        if not len(self.queue) and self.admitted < self.capacity:
-            self.admitted += 1
-            self._route(req, out)
+        self.shares.arrived(req.tenant, req.priority, 1, self.clock.t)
+        ahead = self.queue.peek_priority()
+        if (ahead is None or ahead >= req.priority) and self._may_take(req.tenant, req.priority, 1):
+            self._admit(req, out)
             return
         ticket = Ticket(req.tenant, req.priority, max(len(req.prompt_ids) + req.max_tokens, 1), 1, (req, out))
         ticket.enqueued_at = self.clock.t
@@ -235,14 +242,35 @@ class FleetSim:
         if self.queue.remove(ticket):
             self._shed(ticket.item[1], "deadline")
 
+    def _may_take(self, tenant: str, priority: int, weight: int) -> bool:
+        return may_take(
+            self.reserve,
+            self.shares,
+            self.admitted,
+            self.capacity,
+            tenant,
+            priority,
+            weight,
+            self.clock.t,
+            self.queue.waiting(),
+        )
+
+    def _admit(self, req: SimRequest, out: Outcome) -> None:
+        self.admitted += 1
+        self.shares.started(req.tenant, req.priority)
+        self._route(req, out)
+
     def _dispatch(self) -> None:
         queue = self.queue
+
+        def allow(ticket: Ticket[tuple[SimRequest, Outcome]]) -> bool:
+            return self._may_take(ticket.tenant, ticket.priority, ticket.weight)
+
         while len(queue) and self.admitted < self.capacity:
-            ticket = queue.pop()
+            ticket = queue.pop(allow)
             if ticket is None:
-                break
-            self.admitted += 1
-            self._route(*ticket.item)
+                break  # what waits is held back by the reserve (tenants over their share)
+            self._admit(*ticket.item)
 
     def _tick(self) -> None:
         # The controller's ticker: capacity follows the engines' queues and scrape freshness, not only releases.
@@ -361,6 +389,7 @@ class FleetSim:
         self.router.finish(decision, True)
         if self.admission is not None:
             self.admitted -= 1
+            self.shares.ended(out.tenant, out.priority, self.clock.t)
             self._dispatch()
 
     def _scrape(self) -> None:
