@@ -1,4 +1,4 @@
-"""LoRA adapters and cache isolation end to end, against real `sim-engine` processes (vLLM's LoRA and
+"""LoRA adapters and cache isolation end to end, against 3 real `sim-engine` processes (vLLM's LoRA and
 `cache_salt` contract) behind a real `fleetgate up` gateway.
 
 Adapters are registered through the admin API; each tenant sees and uses only its own; a cold adapter is loaded
@@ -14,7 +14,6 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -30,7 +29,7 @@ LONG_PROMPT = " ".join(f"token{i}" for i in range(400))  # several KV blocks
 
 @dataclass
 class Fleet:
-    """Two sim-engines behind one gateway."""
+    """Three sim-engines behind one gateway."""
 
     url: str
     engines: list[str]
@@ -43,7 +42,7 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     tmp = tmp_path_factory.mktemp("lora_sim")
-    with sim_engines(tmp, 2, SIM_ARGS) as engines:
+    with sim_engines(tmp, 3, SIM_ARGS) as engines:
         # Named as plain OpenAI engines: the gateway must recognise vLLM from the engines' own model lists.
         config = gateway_config(engines, adapters={"max_per_replica": 2})
         config["engines"] = [{"url": url, "id": f"sim-{i}"} for i, url in enumerate(engines)]
@@ -88,7 +87,7 @@ def keys(fleet: Fleet) -> dict[str, dict[str, str]]:
 async def test_engines_are_recognised_as_vllm(fleet: Fleet, http: aiohttp.ClientSession) -> None:
     async with http.get(f"{fleet.url}/admin/fleet", headers=ADMIN) as resp:
         kinds = {r["id"]: r["kind"] for r in await resp.json()}
-    assert kinds == {"sim-0": "vllm", "sim-1": "vllm"}
+    assert kinds == {"sim-0": "vllm", "sim-1": "vllm", "sim-2": "vllm"}
 
 
 async def test_each_tenant_sees_and_uses_only_its_adapters(
@@ -142,15 +141,18 @@ async def test_ledger_records_the_adapter(
     assert mine[0]["model"] == "smollm2" and mine[0]["adapter"] == "a1" and mine[0]["engine"] == "vllm"
 
 
-async def test_prefix_cache_is_salted_per_tenant(tmp_path: Path, http: aiohttp.ClientSession) -> None:
-    # One replica, so that both tenants certainly reach the same engine cache.
-    with sim_engines(tmp_path, 1, SIM_ARGS) as engines, gateway(tmp_path / "gw", gateway_config(engines)) as url:
-        alpha = await tenant_key(http, url, "alpha")
-        beta = await tenant_key(http, url, "beta")
-        cached = []
-        for headers in (alpha, alpha, beta):
-            status, body, _ = await _chat(http, url, headers, "smollm2", LONG_PROMPT)
-            assert status == 200
-            cached.append((body["usage"]["prompt_tokens_details"] or {}).get("cached_tokens", 0))  # vLLM: null for 0
-        assert cached[0] == 0 and cached[1] > 0  # alpha hits its own prefix
-        assert cached[2] == 0  # beta never hits alpha's
+async def test_prefix_cache_is_salted_per_tenant(
+    fleet: Fleet, keys: dict[str, dict[str, str]], http: aiohttp.ClientSession
+) -> None:
+    # The same session id for both tenants: the same replica (the ring does not look at the tenant), so both
+    # reach one engine cache and only the salt can keep them apart.
+    cached, replicas = [], set()
+    for tenant in ("alpha", "alpha", "beta"):
+        headers = {**keys[tenant], "x-session-id": "salt-check"}
+        status, body, answer = await _chat(http, fleet.url, headers, "smollm2", LONG_PROMPT)
+        assert status == 200
+        cached.append((body["usage"]["prompt_tokens_details"] or {}).get("cached_tokens", 0))  # vLLM: null for 0
+        replicas.add(answer["x-fleetgate-replica"])
+    assert len(replicas) == 1, replicas
+    assert cached[0] == 0 and cached[1] > 0  # alpha hits its own prefix
+    assert cached[2] == 0  # beta, same engine, same prompt: never alpha's cache
