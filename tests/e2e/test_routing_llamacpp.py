@@ -28,7 +28,7 @@ def score_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def test_prefix_locality_and_tenant_isolation(score_stack: Stack) -> None:
-    check_prefix_locality_and_tenant_isolation(score_stack, min_cached=300)
+    check_prefix_locality_and_tenant_isolation(score_stack, min_cached=300, tag="llama")
 
 
 def test_failover_and_readmission(score_stack: Stack) -> None:

@@ -85,7 +85,7 @@ def test_usage_recorded_with_cached_tokens_in_whole_blocks(vllm_stack: Stack) ->
 
 
 def test_score_routing_prefix_locality_and_tenant_isolation(vllm_stack: Stack) -> None:
-    check_prefix_locality_and_tenant_isolation(vllm_stack, min_cached=BLOCK)
+    check_prefix_locality_and_tenant_isolation(vllm_stack, min_cached=BLOCK, tag="vllm")
 
 
 def test_vllm_metrics_are_scraped(vllm_stack: Stack) -> None:
