@@ -11,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +25,7 @@ import orjson
 import pytest
 
 from tests.e2e.conftest import FLEETGATE
+from tests.e2e.sim_fleet import spawn, stop, wait_ready
 from tests.fakes import free_port
 
 pytestmark = pytest.mark.e2e
@@ -61,49 +59,6 @@ class Call:
     error: str = ""  # the error message of a refusal, for failure reports
 
 
-def _get(url: str, timeout: float = 2.0) -> tuple[int | None, bytes]:
-    """A bounded GET to 127.0.0.1: (status, body), status None if nothing answered."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), b""
-    except (OSError, ValueError):
-        return None, b""
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes], log: Path, ready: str = "", timeout: float = 30.0) -> None:
-    """Poll `url` until it answers 200 (with `ready` in its body); fail with the log if the process dies."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{proc.args} exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        status, body = _get(url)
-        if status == 200 and ready.encode() in body:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{url} not ready within {timeout:.0f}s: {log.read_text()[-2000:]}")
-
-
-def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM every process we started (by PID), then wait; SIGKILL what does not exit."""
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     """2 sim-engine replicas (2 slots each, 5x real time): their base URLs."""
@@ -116,12 +71,12 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
             log = tmp / f"sim{index}.log"
             args = [*SIM, "--port", str(port), "--profile", "smollm2-llamacpp-local"]
             args += ["--time-scale", "5", "--max-num-seqs", str(SLOTS)]
-            procs.append(_spawn(args, log))
+            procs.append(spawn(args, log))
             urls.append(f"http://127.0.0.1:{port}")
-            _wait(f"{urls[-1]}/health", procs[-1], log)
+            wait_ready(f"{urls[-1]}/health", procs[-1], log)
         yield urls
     finally:
-        _stop(procs)
+        stop(procs)
 
 
 @contextlib.contextmanager
@@ -143,12 +98,12 @@ def _gateway(tmp: Path, engines: list[str]) -> Iterator[str]:
     }
     args = [*FLEETGATE, "up", *(a for url in engines for a in ("--engine", url)), "--port", str(port)]
     log = tmp / "gateway.log"
-    proc = _spawn([*args, "--no-self-test"], log, env)
+    proc = spawn([*args, "--no-self-test"], log, env)
     try:
-        _wait(f"http://127.0.0.1:{port}/readyz", proc, log, ready=f"engine-{len(engines) - 1}", timeout=60)
+        wait_ready(f"http://127.0.0.1:{port}/readyz", proc, log, ready=f"engine-{len(engines) - 1}", timeout=60)
         yield f"http://127.0.0.1:{port}"
     finally:
-        _stop([proc])
+        stop([proc])
 
 
 @pytest.fixture(scope="module")
