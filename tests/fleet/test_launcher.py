@@ -24,6 +24,15 @@ def test_args_follow_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert args[-1] == "--foo"
 
 
+def test_slots_search_the_prompt_cache_by_default() -> None:
+    """Every request searches llama-server's RAM prompt cache (similarity 0), whose size is bounded by config."""
+    joined = " ".join(launcher.llama_server_args(Path("b"), Path("m"), 1, LocalFleetConfig()))
+    assert "--slot-prompt-similarity 0 " in joined and "--cache-ram 2048" in joined
+    cfg = LocalFleetConfig(slot_prompt_similarity=0.1, cache_ram_mib=0)
+    joined = " ".join(launcher.llama_server_args(Path("b"), Path("m"), 1, cfg))
+    assert "--slot-prompt-similarity 0.1 " in joined and "--cache-ram 0" in joined
+
+
 def test_no_repack_only_on_amx(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(launcher, "_has_amx", lambda: False)
     assert "--no-repack" not in launcher.llama_server_args(Path("b"), Path("m"), 1, LocalFleetConfig())

@@ -44,9 +44,28 @@ def test_a_similar_prompt_takes_over_the_slot_and_the_old_history_is_lost() -> N
     c = serve(engine, clock, system + tokens(5, start=600))
     assert c.num_cached_tokens == 20
     follow_a = a.prompt + a.output_ids + tokens(2, start=800)
-    # c kept 20 of a's 28 tokens (over half): a's history was not saved to the prompt cache, so it is gone
+    # b's launch saved idle a to the prompt cache (--cache-idle-slots), but c kept 20 of a's 28 tokens (over half)
+    # and follow_a keeps over half of c's: the cache is never searched, so a's history is out of reach
+    assert a.prompt + a.output_ids[:3] in list(engine.slots.cache)
     assert serve(engine, clock, follow_a).num_cached_tokens == 20
     assert engine.slots.loads == 0
+
+
+def test_similarity_zero_searches_the_prompt_cache_and_the_history_survives() -> None:
+    """`--slot-prompt-similarity 0` (how fleetgate starts llama-server): the same three requests as above, but every
+    request takes the least recently used slot and searches the prompt cache, where idle slots were saved."""
+    engine, clock = make_engine(
+        prefix_cache="slots", max_num_seqs=2, prompt_cache_tokens=10_000, slot_prompt_similarity=0
+    )
+    system = tokens(20, start=100)
+    a = serve(engine, clock, system + tokens(5, start=500))
+    serve(engine, clock, tokens(25, start=700))  # a's slot is idle when this one starts: saved
+    c = serve(engine, clock, system + tokens(5, start=600))  # least recently used slot (a's): still the system
+    assert c.num_cached_tokens == 20
+    follow_a = a.prompt + a.output_ids + tokens(2, start=800)
+    # the least recently used slot now holds the unrelated prompt; a's whole turn comes back from the cache
+    assert serve(engine, clock, follow_a).num_cached_tokens == len(a.prompt) + len(a.output_ids) - 1
+    assert engine.slots is not None and engine.slots.loads >= 1
 
 
 def test_no_similar_slot_means_the_least_recently_used_one() -> None:

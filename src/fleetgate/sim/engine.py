@@ -156,7 +156,12 @@ class Engine:
         self.max_model_len = min(profile.max_model_len, profile.kv_blocks * profile.block_size)
         # `blocks`: vLLM's shared, hash-addressed blocks; `slots`: llama.cpp's per-slot prompt reuse (no sharing)
         self.slots = (
-            SlotCache(profile.max_num_seqs, profile.slot_prompt_similarity, profile.prompt_cache_tokens)
+            SlotCache(
+                profile.max_num_seqs,
+                profile.slot_prompt_similarity,
+                profile.prompt_cache_tokens,
+                profile.cache_idle_slots,
+            )
             if profile.prefix_cache == "slots"
             else None
         )

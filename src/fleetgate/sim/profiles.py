@@ -31,11 +31,13 @@ class Profile(BaseModel):
     max_loras: int = Field(4, ge=0)
     # blocks: vLLM's prefix cache (hash-addressed blocks shared by every sequence, LRU-evicted, whole blocks hit);
     # slots: llama-server's (each of max_num_seqs slots keeps its last sequence's tokens; a request takes the idle
-    # slot with the most similar prompt, above slot_prompt_similarity, else the least recently used, and reuses
+    # slot with the most similar prompt, above slot_prompt_similarity (0: never), else the least recently used,
+    # searching the host-RAM prompt cache when it would lose most of the slot's tokens, and reuses
     # their common prefix token by token)
     prefix_cache: Literal["blocks", "slots"] = "blocks"
     slot_prompt_similarity: float = Field(0.1, ge=0, le=1)
     prompt_cache_tokens: int = Field(0, ge=0, description="slots: llama-server's --cache-ram, in tokens (0: off)")
+    cache_idle_slots: bool = Field(True, description="slots: llama-server's --cache-idle-slots (its default: on)")
     # timing: a step costs decode_base_ms + decode_per_seq_ms * decoding seqs
     # + decode_per_ktoken_ms * (context tokens of the batch / 1000) + prefill tokens / prefill_tokens_per_s
     prefill_tokens_per_s: float = Field(gt=0)

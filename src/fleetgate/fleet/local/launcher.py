@@ -65,6 +65,10 @@ def llama_server_args(binary: Path, model: Path, port: int, cfg: LocalFleetConfi
         "--metrics",
         "--alias",
         cfg.model_alias,
+        "--slot-prompt-similarity",
+        f"{cfg.slot_prompt_similarity:g}",
+        "--cache-ram",
+        str(cfg.cache_ram_mib),
     ]
     if _has_amx():
         args.append("--no-repack")
