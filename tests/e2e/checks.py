@@ -49,7 +49,7 @@ def check_usage_recorded_exactly(stack: Stack) -> dict[str, list[int]]:
     sdk = client(stack)
     messages = [{"role": "system", "content": METERING_SYSTEM}, {"role": "user", "content": "Say hi."}]
     seen: dict[str, tuple[str, Any]] = {}
-    for i in range(4):
+    for i in range(6):
         if i % 2 == 0:
             raw = sdk.chat.completions.with_raw_response.create(model="smollm2", messages=messages, max_tokens=4)  # type: ignore[arg-type]
             seen[raw.headers["x-request-id"]] = (raw.headers["x-fleetgate-replica"], raw.parse().usage)
@@ -74,7 +74,8 @@ def check_usage_recorded_exactly(stack: Stack) -> dict[str, list[int]]:
         details = usage.prompt_tokens_details
         assert row["cached_tokens"] == ((details.cached_tokens or 0) if details is not None else 0)
         by_replica.setdefault(replica, []).append(row["cached_tokens"])
-    # The second time a replica sees the same long prefix, the engine reports it cached.
+    # By the third time a replica sees the same long prefix the engine reports it cached (llama-server with
+    # `--slot-prompt-similarity 0`: the second lands in the fresh replica's empty slot before anything was saved).
     assert any(cached[-1] > 0 for cached in by_replica.values()), by_replica
     return by_replica
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_non_stream_and_stream_usage_recorded_exactly_with_cached_tokens(llama_stack: Stack) -> None:
-    # Four identical prompts, round-robin over two replicas: each replica sees the prompt twice.
+    # Six identical prompts, round-robin over two replicas: each replica sees the prompt three times.
     by_replica = check_usage_recorded_exactly(llama_stack)
     assert len(by_replica) == 2, by_replica
 
