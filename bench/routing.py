@@ -1099,7 +1099,7 @@ def markdown_section(data: dict[str, Any], checks: list[Verdict]) -> str:
             + ".",
             "",
         ]
-    lines += why_lines([r for r in rows if r["workload"] == "shared" and not r["note"]], shared)
+    lines += why_lines([r for r in rows if r["workload"] == "shared" and not r["note"]])
     timed = [r["best_timed_ratio"] for r in rows if r["workload"] == "shared" and r["best_timed_ratio"] is not None]
     if timed:
         lines += [
@@ -1119,7 +1119,7 @@ def markdown_section(data: dict[str, Any], checks: list[Verdict]) -> str:
 AFFINITY = ("score", "prefix", "sglang-router cache_aware", "vllm-router cache_aware")
 
 
-def why_lines(shared: list[dict[str, Any]], sizes: dict[str, Any]) -> list[str]:
+def why_lines(shared: list[dict[str, Any]]) -> list[str]:
     """A data-driven explanation of the `shared` rows: history hits, the system-prompt-only ceiling, affinity."""
     if not shared or shared[0].get("best_no_history_ratio") is None:
         return []

@@ -6,9 +6,12 @@ from fleetgate.sim.engine import Engine, FakeClock, Sequence, run_until_idle
 from tests.sim.helpers import make_engine, submit, tokens
 
 
-def slots_engine(slots: int = 2, cache: int = 0) -> tuple[Engine, FakeClock]:
-    """`slots` slots, 4-token blocks, llama.cpp's reuse rule, a prompt cache of `cache` tokens (0: none)."""
-    return make_engine(prefix_cache="slots", max_num_seqs=slots, prompt_cache_tokens=cache)
+def slots_engine(slots: int = 2, cache: int = 0, similarity: float = 0.1) -> tuple[Engine, FakeClock]:
+    """`slots` slots, 4-token blocks, llama.cpp's reuse rule with `--slot-prompt-similarity similarity`, a prompt
+    cache of `cache` tokens (0: none)."""
+    return make_engine(
+        prefix_cache="slots", max_num_seqs=slots, prompt_cache_tokens=cache, slot_prompt_similarity=similarity
+    )
 
 
 def serve(engine: Engine, clock: FakeClock, prompt: list[int], max_tokens: int = 4) -> Sequence:
@@ -54,9 +57,7 @@ def test_a_similar_prompt_takes_over_the_slot_and_the_old_history_is_lost() -> N
 def test_similarity_zero_searches_the_prompt_cache_and_the_history_survives() -> None:
     """`--slot-prompt-similarity 0` (how fleetgate starts llama-server): the same three requests as above, but every
     request takes the least recently used slot and searches the prompt cache, where idle slots were saved."""
-    engine, clock = make_engine(
-        prefix_cache="slots", max_num_seqs=2, prompt_cache_tokens=10_000, slot_prompt_similarity=0
-    )
+    engine, clock = slots_engine(cache=10_000, similarity=0)
     system = tokens(20, start=100)
     a = serve(engine, clock, system + tokens(5, start=500))
     serve(engine, clock, tokens(25, start=700))  # a's slot is idle when this one starts: saved
