@@ -9,7 +9,6 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
-import aiohttp
 import orjson
 
 from fleetgate.api.asgi import ASGIReceive, ASGISend, read_body, send_error
@@ -28,6 +27,7 @@ from fleetgate.fleet.adapters import AdapterPool, can_load
 from fleetgate.fleet.client import EngineClient
 from fleetgate.fleet.engines.registry import adapter_for
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
+from fleetgate.fleet.upstream import ConnectFailed, UpstreamIOError, UpstreamResponse
 from fleetgate.ids import request_id
 from fleetgate.metering.capture import UsageCapture
 from fleetgate.metering.iolog import IOLog
@@ -43,9 +43,6 @@ from fleetgate.tenancy.policy import DEFAULT_OUTPUT_RESERVATION
 
 __all__ = ["Endpoint", "Proxy", "parse_request"]
 
-# Failures where the request never reached the engine's application: safe to send again.
-_RETRYABLE = (aiohttp.ClientConnectionError,)
-_JSON = {"content-type": "application/json"}
 _NOTHING_USED: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}
 _PRIORITY_HEADER_VALUES = {name: index for index, name in enumerate(PRIORITIES)}
 _NO_ADAPTER = nullcontext()  # stateless: one for every request without an adapter
@@ -374,17 +371,19 @@ class Proxy:
             replica.in_flight -= 1
             self.router.finish(decision, verdict)
 
-    async def _open(self, replica: Replica, path: str, body: bytes) -> aiohttp.ClientResponse:
+    async def _open(self, replica: Replica, path: str, body: bytes) -> UpstreamResponse:
         try:
             async with asyncio.timeout(self.cfg.first_byte_timeout):
-                return await self.client.session.post(replica.url + path, data=body, headers=_JSON)
+                return await self.client.upstream.post(replica.url, path, body)
         except TimeoutError:
             raise UpstreamTimeout(
                 f"replica {replica.id} sent no response within {self.cfg.first_byte_timeout:.0f}s"
             ) from None
-        except _RETRYABLE as exc:
-            if isinstance(exc, aiohttp.ClientConnectorError):
-                replica.mark(False, f"connect failed: {exc}"[:200])
+        except UpstreamIOError as exc:
+            # Nothing came back, so the engine never answered this request: safe to send again (a stale
+            # keep-alive connection is the usual case).
+            if isinstance(exc, ConnectFailed):
+                replica.mark(False, str(exc)[:200])
             raise UpstreamUnavailable(
                 f"replica {replica.id} could not be reached ({type(exc).__name__})", retry_after=1
             ) from None

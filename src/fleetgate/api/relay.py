@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import aiohttp
 import orjson
 
 from fleetgate.api.asgi import ASGISend, send_json_bytes
 from fleetgate.api.request import RequestOutcome
 from fleetgate.errors import UpstreamError
+from fleetgate.fleet.upstream import UpstreamIOError, UpstreamResponse
 from fleetgate.metering.sse import SSERelay
 
 SSE_HEADERS = [
@@ -29,7 +29,7 @@ class Disconnected(Exception):
 
 
 async def relay_whole(
-    resp: aiohttp.ClientResponse,
+    resp: UpstreamResponse,
     outcome: RequestOutcome,
     send: ASGISend,
     headers: list[tuple[bytes, bytes]],
@@ -38,7 +38,7 @@ async def relay_whole(
     """Read the engine's whole answer, take its usage, and send it on unchanged."""
     try:
         data = await resp.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (UpstreamIOError, TimeoutError) as exc:
         raise UpstreamError(f"replica {_rid(outcome)} broke off its response ({type(exc).__name__})") from None
     outcome.first_byte_at = time.time()
     outcome.http_status = resp.status
@@ -67,7 +67,7 @@ async def relay_whole(
 
 
 async def relay_stream(
-    resp: aiohttp.ClientResponse,
+    resp: UpstreamResponse,
     outcome: RequestOutcome,
     send: ASGISend,
     headers: list[tuple[bytes, bytes]],
@@ -84,7 +84,7 @@ async def relay_stream(
 
 
 async def _pump(
-    resp: aiohttp.ClientResponse,
+    resp: UpstreamResponse,
     outcome: RequestOutcome,
     send: ASGISend,
     headers: list[tuple[bytes, bytes]],
@@ -93,7 +93,7 @@ async def _pump(
 ) -> None:
     started = False
     try:
-        async for data in resp.content.iter_any():
+        async for data in resp:
             out = relay.feed(data)
             if not out:
                 continue
@@ -107,7 +107,7 @@ async def _pump(
                 _take(outcome, relay)
                 on_complete(outcome)
             await send({"type": "http.response.body", "body": out, "more_body": True})
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (UpstreamIOError, TimeoutError) as exc:
         if not started:
             raise UpstreamError(f"replica {_rid(outcome)} broke off the stream ({type(exc).__name__})") from None
         outcome.status = "timeout" if isinstance(exc, TimeoutError) else "engine_error"

@@ -1,4 +1,4 @@
-"""One pooled HTTP client for every upstream engine (aiohttp), shared by the proxy and the health checker."""
+"""The pooled HTTP clients for upstream engines: the lean hot-path pool, and aiohttp for everything else."""
 
 from __future__ import annotations
 
@@ -8,17 +8,20 @@ import aiohttp
 import orjson
 
 from fleetgate.config import GatewayConfig
+from fleetgate.fleet.upstream import UpstreamPool
 
 
 class EngineClient:
-    """Owns the aiohttp session; create it inside the event loop with `start()`."""
+    """Owns the completion pool and the aiohttp session; create them inside the event loop with `start()`."""
 
     def __init__(self, cfg: GatewayConfig) -> None:
         self._cfg = cfg
         self._session: aiohttp.ClientSession | None = None
+        self._upstream: UpstreamPool | None = None
 
     async def start(self) -> None:
-        """Open the connection pool."""
+        """Open the connection pools."""
+        self._upstream = UpstreamPool(self._cfg.connect_timeout, self._cfg.idle_timeout)
         connector = aiohttp.TCPConnector(
             limit=0,  # admission, not the pool, decides how much goes upstream
             limit_per_host=0,
@@ -37,10 +40,20 @@ class EngineClient:
         )
 
     async def close(self) -> None:
-        """Close the pool."""
+        """Close the pools."""
+        if self._upstream is not None:
+            self._upstream.close()
+            self._upstream = None
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    @property
+    def upstream(self) -> UpstreamPool:
+        """The completion requests' pool (start() must have run)."""
+        if self._upstream is None:
+            raise RuntimeError("EngineClient.start() was not awaited")
+        return self._upstream
 
     @property
     def session(self) -> aiohttp.ClientSession:
