@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+import uvloop
 
 from fleetgate.fleet.upstream import ConnectFailed, UpstreamIOError, UpstreamPool
 
@@ -254,6 +255,17 @@ async def test_cancelled_wait_drops_the_connection() -> None:
                 await pool.post(url, "/x", b"{}")
         await asyncio.wait_for(server.closed_by_client.wait(), 3)
         assert pool.idle_connections() == 0
+
+
+def test_pool_works_on_uvloop() -> None:
+    """The gateway runs on uvloop, whose transports differ from asyncio's: one full exchange there."""
+
+    async def exchange() -> None:
+        await test_whole_answers_reuse_one_connection()
+        await test_stream_pieces_arrive_as_sent()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(exchange())
 
 
 def test_only_plain_http_urls() -> None:
