@@ -74,14 +74,14 @@ async def test_whole_answers_reuse_one_connection() -> None:
     async with scripted(_answer_whole) as (server, url):
         pool = UpstreamPool(connect_timeout=2, idle_timeout=2)
         for n in (1, 2, 3):
-            resp = await pool.post(url, "/v1/chat/completions", b'{"a":1}')
+            resp = await pool.post(url, "/v1/chat/completions", b'{"a":1}', 5)
             assert resp.status == 200
             assert resp.headers["content-type"] == "application/json"
             assert await resp.read() == b'{"n":%d}' % n
             resp.close()
         assert pool.opened == 1 and server.connections == 1
         assert server.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
-        assert server.requests[0].endswith(b"content-length: 7\r\n\r\n" + b'{"a":1}')
+        assert server.requests[0].endswith(b"content-length: 7\r\n\r\n" + b'{"a":1}', 5)
         pool.close()
 
 
@@ -94,7 +94,7 @@ async def test_connection_close_answer_is_not_reused() -> None:
     async with scripted(close_after) as (server, url):
         pool = UpstreamPool(connect_timeout=2, idle_timeout=2)
         for _ in range(2):
-            resp = await pool.post(url, "/x", b"{}")
+            resp = await pool.post(url, "/x", b"{}", 5)
             assert await resp.read() == b"{}"
             resp.close()
         assert pool.opened == 2 and server.connections == 2
@@ -103,7 +103,7 @@ async def test_connection_close_answer_is_not_reused() -> None:
 async def test_idle_connection_closed_by_engine_is_not_used_again() -> None:
     async with scripted(_answer_whole) as (_server, url):
         pool = UpstreamPool(connect_timeout=2, idle_timeout=2)
-        resp = await pool.post(url, "/x", b"{}")
+        resp = await pool.post(url, "/x", b"{}", 5)
         await resp.read()
         resp.close()
         assert pool.idle_connections() == 1
@@ -112,7 +112,7 @@ async def test_idle_connection_closed_by_engine_is_not_used_again() -> None:
         assert conn.transport is not None
         conn.transport.close()
         await asyncio.sleep(0.05)
-        resp = await pool.post(url, "/x", b"{}")
+        resp = await pool.post(url, "/x", b"{}", 5)
         assert await resp.read() == b'{"n":2}'
         resp.close()
         assert pool.opened == 2
@@ -121,11 +121,11 @@ async def test_idle_connection_closed_by_engine_is_not_used_again() -> None:
 async def test_expired_idle_connection_is_dropped() -> None:
     async with scripted(_answer_whole) as (_server, url):
         pool = UpstreamPool(connect_timeout=2, idle_timeout=2, keepalive_timeout=0.05)
-        resp = await pool.post(url, "/x", b"{}")
+        resp = await pool.post(url, "/x", b"{}", 5)
         await resp.read()
         resp.close()
         await asyncio.sleep(0.1)
-        resp = await pool.post(url, "/x", b"{}")
+        resp = await pool.post(url, "/x", b"{}", 5)
         await resp.read()
         resp.close()
         assert pool.opened == 2
@@ -144,7 +144,7 @@ async def test_stream_pieces_arrive_as_sent() -> None:
 
     async with scripted(chunked) as (_server, url):
         pool = UpstreamPool(connect_timeout=2, idle_timeout=2)
-        resp = await pool.post(url, "/x", b"{}")
+        resp = await pool.post(url, "/x", b"{}", 5)
         pieces = aiter(resp)
         # The first event is readable while the engine still holds back the second: nothing is buffered.
         assert await asyncio.wait_for(anext(pieces), 2) == b"data: 1\n\n"
@@ -162,7 +162,7 @@ async def test_engine_breaking_off_mid_body_raises_after_response() -> None:
 
     async with scripted(broken) as (_server, url):
         pool = UpstreamPool(connect_timeout=2, idle_timeout=2)
-        resp = await pool.post(url, "/x", b"{}")
+        resp = await pool.post(url, "/x", b"{}", 5)
         with pytest.raises(UpstreamIOError) as info:
             await resp.read()
         assert info.value.before_response is False
@@ -177,7 +177,7 @@ async def test_engine_closing_before_answering_is_retryable() -> None:
     async with scripted(hang_up) as (_server, url):
         pool = UpstreamPool(connect_timeout=2, idle_timeout=2)
         with pytest.raises(UpstreamIOError) as info:
-            await pool.post(url, "/x", b"{}")
+            await pool.post(url, "/x", b"{}", 5)
         assert info.value.before_response is True
         assert not isinstance(info.value, ConnectFailed)
 
@@ -187,7 +187,7 @@ async def test_nobody_listening_is_connect_failed() -> None:
         pass  # the port is free again once the server is gone
     pool = UpstreamPool(connect_timeout=2, idle_timeout=2)
     with pytest.raises(ConnectFailed, match=r"connect to 127\.0\.0\.1:"):
-        await pool.post(url, "/x", b"{}")
+        await pool.post(url, "/x", b"{}", 5)
 
 
 async def test_silent_engine_times_out_between_pieces() -> None:
@@ -198,7 +198,7 @@ async def test_silent_engine_times_out_between_pieces() -> None:
 
     async with scripted(stall) as (_server, url):
         pool = UpstreamPool(connect_timeout=2, idle_timeout=0.2)
-        resp = await pool.post(url, "/x", b"{}")
+        resp = await pool.post(url, "/x", b"{}", 5)
         pieces = aiter(resp)
         assert await anext(pieces) == b"hello"
         with pytest.raises(TimeoutError):
@@ -217,7 +217,7 @@ async def test_closing_an_unread_stream_drops_the_connection() -> None:
 
     async with scripted(endless) as (server, url):
         pool = UpstreamPool(connect_timeout=2, idle_timeout=2)
-        resp = await pool.post(url, "/x", b"{}")
+        resp = await pool.post(url, "/x", b"{}", 5)
         assert await anext(aiter(resp))
         resp.close()  # the client went away: the engine must see the connection go (it stops generating)
         await asyncio.wait_for(server.closed_by_client.wait(), 3)
@@ -233,7 +233,7 @@ async def test_large_body_arrives_whole_through_flow_control() -> None:
 
     async with scripted(big) as (_server, url):
         pool = UpstreamPool(connect_timeout=2, idle_timeout=2)
-        resp = await pool.post(url, "/x", b"{}")
+        resp = await pool.post(url, "/x", b"{}", 5)
         received = bytearray()
         async for piece in resp:
             received += piece
@@ -243,7 +243,7 @@ async def test_large_body_arrives_whole_through_flow_control() -> None:
         assert pool.idle_connections() == 1
 
 
-async def test_cancelled_wait_drops_the_connection() -> None:
+async def test_first_byte_timeout_drops_the_connection() -> None:
     async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         if not await reader.read(1):  # never answers; EOF means the client hung up
             server.closed_by_client.set()
@@ -251,8 +251,23 @@ async def test_cancelled_wait_drops_the_connection() -> None:
     async with scripted(slow) as (server, url):
         pool = UpstreamPool(connect_timeout=2, idle_timeout=2)
         with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.1):
-                await pool.post(url, "/x", b"{}")
+            await pool.post(url, "/x", b"{}", 0.1)
+        await asyncio.wait_for(server.closed_by_client.wait(), 3)
+        assert pool.idle_connections() == 0
+
+
+async def test_cancelled_wait_drops_the_connection() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        if not await reader.read(1):
+            server.closed_by_client.set()
+
+    async with scripted(slow) as (server, url):
+        pool = UpstreamPool(connect_timeout=2, idle_timeout=2)
+        task = asyncio.create_task(pool.post(url, "/x", b"{}", 5))
+        await asyncio.sleep(0.1)
+        task.cancel()  # the client hung up while the engine had not answered yet
+        with pytest.raises(asyncio.CancelledError):
+            await task
         await asyncio.wait_for(server.closed_by_client.wait(), 3)
         assert pool.idle_connections() == 0
 
@@ -271,4 +286,4 @@ def test_pool_works_on_uvloop() -> None:
 def test_only_plain_http_urls() -> None:
     pool = UpstreamPool(connect_timeout=1, idle_timeout=1)
     with pytest.raises(ValueError, match="http://host"):
-        asyncio.run(pool.post("https://127.0.0.1:1", "/x", b"{}"))
+        asyncio.run(pool.post("https://127.0.0.1:1", "/x", b"{}", 5))

@@ -86,3 +86,18 @@ async def test_metrics_after_a_request_mix(gw: RunningGateway) -> None:
 def test_tenant_label_cap() -> None:
     labels = TenantLabels(cap=2)
     assert [labels(t) for t in ("a", "b", "c", "a", "d", "b")] == ["a", "b", OTHER, "a", OTHER, "b"]
+
+
+def test_model_names_a_client_makes_up_do_not_grow_the_series() -> None:
+    from fleetgate.api.request import RequestOutcome
+    from fleetgate.observability.metrics import GatewayMetrics
+
+    metrics = GatewayMetrics(max_tenant_labels=3)
+    for i in range(50):  # a client probing random model names: every one a 404
+        outcome = RequestOutcome(f"r{i}", "chat")
+        outcome.tenant_name, outcome.model, outcome.status = "demo", f"made-up-{i}", "rejected"
+        metrics.observe(outcome, "-", time.time())
+    samples = _samples(metrics.render().decode())
+    models = {lab["model"] for lab, _ in samples["fleetgate_requests_total"]}
+    assert len(models) == 4 and OTHER in models
+    assert _value(samples, "fleetgate_requests_total", model=OTHER) == 47

@@ -373,8 +373,7 @@ class Proxy:
 
     async def _open(self, replica: Replica, path: str, body: bytes) -> UpstreamResponse:
         try:
-            async with asyncio.timeout(self.cfg.first_byte_timeout):
-                return await self.client.upstream.post(replica.url, path, body)
+            return await self.client.upstream.post(replica.url, path, body, self.cfg.first_byte_timeout)
         except TimeoutError:
             raise UpstreamTimeout(
                 f"replica {replica.id} sent no response within {self.cfg.first_byte_timeout:.0f}s"

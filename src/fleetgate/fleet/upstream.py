@@ -221,8 +221,9 @@ class UpstreamPool:
         self._heads: dict[tuple[str, str], bytes] = {}
         self.opened = 0  # connections opened over the pool's life (pool reuse is measurable)
 
-    async def post(self, base_url: str, path: str, body: bytes) -> UpstreamResponse:
-        """POST a JSON body; raises ConnectFailed, UpstreamIOError (retryable when `before_response`)."""
+    async def post(self, base_url: str, path: str, body: bytes, first_byte_timeout: float) -> UpstreamResponse:
+        """POST a JSON body and wait for the response headers; raises ConnectFailed, UpstreamIOError (retryable
+        when `before_response`), or TimeoutError after `first_byte_timeout` seconds without an answer."""
         loop = asyncio.get_running_loop()
         host, port, host_header = self._origin(base_url)
         conn = self._checkout(host, port)
@@ -237,11 +238,15 @@ class UpstreamPool:
         waiter = conn.begin(loop)
         assert conn.transport is not None
         conn.transport.write(b"%b%d\r\n\r\n%b" % (head, len(body), body))
+        # A timer on the future, not asyncio.timeout(): no task cancellation machinery per request.
+        timer = loop.call_later(first_byte_timeout, _expire, waiter)
         try:
             await waiter
         except BaseException:
-            conn.abort()  # cancelled (first-byte timeout, client gone) or broken: this exchange is over
+            conn.abort()  # timed out, cancelled (client gone) or broken: this exchange is over
             raise
+        finally:
+            timer.cancel()
         return UpstreamResponse(self, conn, loop)
 
     def release(self, conn: _Connection) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -30,7 +30,8 @@ ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1
 
 
 class TenantLabels:
-    """Caps how many distinct tenant label values the metrics carry; the rest become `other`."""
+    """Caps how many distinct label values (tenants, or models a client named) the metrics carry; the rest become
+    `other`."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
@@ -52,6 +53,14 @@ class GatewayMetrics:
     def __init__(self, max_tenant_labels: int = 100) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.tenant_label = TenantLabels(max_tenant_labels)
+        # A client can name any model (a 404 is still counted): without a cap, random names would grow the series.
+        self.model_label = TenantLabels(max_tenant_labels)
+        # Labelled children, looked up once per label tuple: `labels()` validates and locks on every call, which
+        # cost more per request than the rest of the bookkeeping.
+        self._request_children: dict[tuple[str, str, str, str], Any] = {}
+        self._model_children: dict[str, tuple[Any, Any]] = {}
+        self._itl_children: dict[str, Any] = {}
+        self._token_children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         r = self.registry
         self.requests = Counter(
             "fleetgate_requests",
@@ -122,13 +131,21 @@ class GatewayMetrics:
     def observe(self, outcome: RequestOutcome, route: str, ended_at: float) -> None:
         """Record one finished request (called after its last byte went out)."""
         tenant = self.tenant_label(outcome.tenant_name or "unauthenticated")
-        model = outcome.model or "-"
-        self.requests.labels(tenant, model, outcome.status, route).inc()
+        model = self.model_label(outcome.model or "-")
+        key = (tenant, model, outcome.status, route)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self.requests.labels(*key)
+        counter.inc()
         if outcome.status == "rejected" and outcome.replica is None:
             return
-        self.latency.labels(model).observe(ended_at - outcome.started_at)
+        per_model = self._model_children.get(model)
+        if per_model is None:
+            per_model = self._model_children[model] = (self.latency.labels(model), self.ttft.labels(model))
+        latency, ttft = per_model
+        latency.observe(ended_at - outcome.started_at)
         if outcome.first_byte_at is not None:
-            self.ttft.labels(model).observe(outcome.first_byte_at - outcome.started_at)
+            ttft.observe(outcome.first_byte_at - outcome.started_at)
         usage = outcome.usage
         if usage is None:
             return
@@ -136,11 +153,21 @@ class GatewayMetrics:
         completion = int(usage.get("completion_tokens") or 0)
         details = usage.get("prompt_tokens_details")
         cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
-        self.tokens.labels(tenant, model, "fresh").inc(max(prompt - cached, 0))
-        self.tokens.labels(tenant, model, "cached").inc(cached)
-        self.tokens.labels(tenant, model, "output").inc(completion)
+        tokens = self._token_children.get((tenant, model))
+        if tokens is None:
+            tokens = self._token_children[(tenant, model)] = (
+                self.tokens.labels(tenant, model, "fresh"),
+                self.tokens.labels(tenant, model, "cached"),
+                self.tokens.labels(tenant, model, "output"),
+            )
+        tokens[0].inc(max(prompt - cached, 0))
+        tokens[1].inc(cached)
+        tokens[2].inc(completion)
         if outcome.stream and completion > 1 and outcome.first_byte_at is not None:
-            self.itl.labels(model).observe((ended_at - outcome.first_byte_at) / (completion - 1))
+            itl = self._itl_children.get(model)
+            if itl is None:
+                itl = self._itl_children[model] = self.itl.labels(model)
+            itl.observe((ended_at - outcome.first_byte_at) / (completion - 1))
 
     def observe_wait(self, priority: str, seconds: float) -> None:
         """Record how long an admitted request waited in the queue."""
