@@ -131,6 +131,47 @@ async def test_expired_idle_connection_is_dropped() -> None:
         assert pool.opened == 2
 
 
+async def test_kept_alive_connection_the_engine_dropped_is_resent_on_a_new_one() -> None:
+    per_connection: dict[int, int] = {}
+
+    async def second_request_hangs_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        key = id(writer)
+        per_connection[key] = per_connection.get(key, 0) + 1
+        if per_connection[key] == 2:
+            writer.close()  # the engine had given up on the idle connection: this request was never read
+            return
+        writer.write(_whole(b'{"n":%d}' % n))
+        await writer.drain()
+
+    async with scripted(second_request_hangs_up) as (server, url):
+        pool = UpstreamPool(connect_timeout=2, idle_timeout=2)
+        for _ in range(2):
+            resp = await pool.post(url, "/x", b"{}", 5)
+            assert resp.status == 200
+            await resp.read()
+            resp.close()
+        assert pool.opened == 2 and server.connections == 2
+
+
+async def test_engine_that_closes_after_every_stream_gets_no_pooled_stream_connections() -> None:
+    async def stream_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        # llama-server ends each stream with the terminating chunk, then closes, without `Connection: close`.
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with scripted(stream_then_close) as (server, url):
+        pool = UpstreamPool(connect_timeout=2, idle_timeout=2)
+        for i in range(6):
+            resp = await pool.post(url, "/x", b"{}", 5)
+            assert await resp.read() == b"hello"
+            resp.close()
+            if i == 2:
+                await asyncio.sleep(0.05)  # let the engine's close arrive while the connection is idle
+        assert pool.opened == 6 and server.connections == 6
+        assert pool.idle_connections() == 0  # learnt: such connections are no longer pooled at all
+
+
 async def test_stream_pieces_arrive_as_sent() -> None:
     release = asyncio.Event()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -42,6 +43,8 @@ from fleetgate.tenancy.gate import Admission, TenantGate
 from fleetgate.tenancy.policy import DEFAULT_OUTPUT_RESERVATION
 
 __all__ = ["Endpoint", "Proxy", "parse_request"]
+
+log = logging.getLogger(__name__)
 
 _NOTHING_USED: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}
 _PRIORITY_HEADER_VALUES = {name: index for index, name in enumerate(PRIORITIES)}
@@ -300,6 +303,13 @@ class Proxy:
                 return
             except ApiError as exc:
                 last_error = exc
+                log.warning(
+                    "request %s: attempt %d on replica %s failed: %s",
+                    outcome.request_id,
+                    attempt + 1,
+                    decision.replica.id,
+                    exc.message,
+                )
                 if attempt < self.cfg.retries:
                     await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))  # jitter: no thundering herd
         outcome.status = "timeout" if isinstance(last_error, UpstreamTimeout) else "engine_error"
@@ -383,9 +393,7 @@ class Proxy:
             # keep-alive connection is the usual case).
             if isinstance(exc, ConnectFailed):
                 replica.mark(False, str(exc)[:200])
-            raise UpstreamUnavailable(
-                f"replica {replica.id} could not be reached ({type(exc).__name__})", retry_after=1
-            ) from None
+            raise UpstreamUnavailable(f"replica {replica.id} could not be reached: {exc}", retry_after=1) from None
 
 
 def _read_scheduling_headers(scope: dict[str, Any], outcome: RequestOutcome) -> None:

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+# A connection the engine closes this soon after a chunked answer was closed because of it, not for idleness.
+_CLOSE_AFTER_STREAM_WINDOW = 1.0
 # Past this many unread body bytes the connection stops reading from the engine until the relay catches up.
 _HIGH_WATER = 256 * 1024
 
@@ -40,6 +42,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.key: tuple[str, int] = ("", 0)
+        self.closed_at: float | None = None
+        self.chunked = False  # the last answer came in chunked encoding (a stream)
         self._parser = httptools.HttpResponseParser(self)
         self._headers_waiter: asyncio.Future[None] | None = None
         self._body_waiter: asyncio.Future[None] | None = None
@@ -69,6 +73,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """The engine closed or reset the connection: whoever waits learns it."""
         self.closed = True
+        self.closed_at = time.monotonic()
         if not self.complete:
             answered = self._headers_waiter is None and self.status != 0
             reason = f" ({type(exc).__name__})" if exc is not None else ""
@@ -83,6 +88,7 @@ class _Connection(asyncio.Protocol):
         """The status line and headers are in: wake the request."""
         self.status = self._parser.get_status_code()
         self.keep_alive = self._parser.should_keep_alive()  # only meaningful until the message completes
+        self.chunked = "chunked" in self.headers.get("transfer-encoding", "")
         waiter, self._headers_waiter = self._headers_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -219,6 +225,7 @@ class UpstreamPool:
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._origins: dict[str, tuple[str, int, bytes]] = {}
         self._heads: dict[tuple[str, str], bytes] = {}
+        self._closes_after_chunked: set[tuple[str, int]] = set()
         self.opened = 0  # connections opened over the pool's life (pool reuse is measurable)
 
     async def post(self, base_url: str, path: str, body: bytes, first_byte_timeout: float) -> UpstreamResponse:
@@ -226,18 +233,33 @@ class UpstreamPool:
         when `before_response`), or TimeoutError after `first_byte_timeout` seconds without an answer."""
         loop = asyncio.get_running_loop()
         host, port, host_header = self._origin(base_url)
-        conn = self._checkout(host, port)
-        if conn is None:
-            conn = await self._connect(loop, host, port)
         head = self._heads.get((base_url, path))
         if head is None:
             head = self._heads[(base_url, path)] = (
                 b"POST " + path.encode() + b" HTTP/1.1\r\nhost: " + host_header + b"\r\n"
                 b"content-type: application/json\r\naccept-encoding: identity\r\ncontent-length: "
             )
+        request = b"%b%d\r\n\r\n%b" % (head, len(body), body)
+        conn = self._checkout(host, port)
+        if conn is not None:
+            try:
+                return await self._exchange(loop, conn, request, first_byte_timeout)
+            except UpstreamIOError as exc:
+                if not exc.before_response:
+                    raise
+                # A kept-alive connection the engine had already closed (its FIN was still in flight when we
+                # wrote): the engine never read the request, so send it again on a new connection to the same
+                # engine, instead of letting the router move it elsewhere and lose its cache locality.
+                self._learn_close(conn)
+        conn = await self._connect(loop, host, port)
+        return await self._exchange(loop, conn, request, first_byte_timeout)
+
+    async def _exchange(
+        self, loop: asyncio.AbstractEventLoop, conn: _Connection, request: bytes, first_byte_timeout: float
+    ) -> UpstreamResponse:
         waiter = conn.begin(loop)
         assert conn.transport is not None
-        conn.transport.write(b"%b%d\r\n\r\n%b" % (head, len(body), body))
+        conn.transport.write(request)
         # A timer on the future, not asyncio.timeout(): no task cancellation machinery per request.
         timer = loop.call_later(first_byte_timeout, _expire, waiter)
         try:
@@ -251,11 +273,18 @@ class UpstreamPool:
 
     def release(self, conn: _Connection) -> None:
         """Back into the idle pool if it can carry another request, otherwise closed."""
-        if not conn.reusable():
+        if not conn.reusable() or (conn.chunked and conn.key in self._closes_after_chunked):
             conn.abort()
             return
         conn.idle_since = time.monotonic()
         self._idle.setdefault(conn.key, []).append(conn)
+
+    def _learn_close(self, conn: _Connection) -> None:
+        """An engine that closes a connection right after a chunked answer (llama-server ends every stream that
+        way, without `Connection: close`) gets no more such connections pooled: each would cost a failed write."""
+        conn.abort()
+        if conn.chunked and (conn.closed_at or time.monotonic()) - conn.idle_since < _CLOSE_AFTER_STREAM_WINDOW:
+            self._closes_after_chunked.add(conn.key)
 
     def close(self) -> None:
         """Close every idle connection (connections in use close with their responses)."""
@@ -287,6 +316,8 @@ class UpstreamPool:
             conn = conns.pop()  # most recently used first: the likeliest to be still open
             if not conn.closed and conn.idle_since >= oldest_ok:
                 return conn
+            if conn.closed:
+                self._learn_close(conn)
             conn.abort()
         return None
 
