@@ -192,8 +192,8 @@ async def _migrate_until_done(engine: AsyncEngine, interval: float = 2.0) -> Non
         await asyncio.sleep(interval)
 
 
-def build_app(gateway: Gateway) -> Starlette:
-    """The ASGI app for a gateway."""
+def build_app(gateway: Gateway) -> openai.FastLane:
+    """The ASGI app for a gateway: the completion paths on a fast lane in front of the Starlette app."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -282,8 +282,9 @@ def build_app(gateway: Gateway) -> Starlette:
             [admin_usage_router(gateway.ledger, rating), admin_adapters_router(gateway.adapters, gateway.registry)],
         )
         routes.append(Mount("/admin", app=admin))
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={ApiError: api_error_handler, HTTPException: http_exception_handler},
     )
+    return openai.FastLane(app, gateway.proxy)

@@ -270,6 +270,21 @@ async def test_unknown_path_and_wrong_method_are_openai_shaped(gw: RunningGatewa
     assert resp.status == 405 and "Method Not Allowed" in (await resp.json())["error"]["message"]
 
 
+async def test_a_gateway_bug_still_answers_openai_shaped_json(
+    gw: RunningGateway, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(gw.gateway.proxy.router, "pick", broken)
+    resp = await _post(http, gw, CHAT)
+    assert resp.status == 500
+    error = (await resp.json())["error"]
+    assert error["type"] == "server_error" and "internal error" in error["message"]
+    monkeypatch.undo()
+    assert (await _post(http, gw, CHAT)).status == 200  # the gateway itself is fine
+
+
 async def test_readyz_follows_replica_health(engines: list[FakeEngine], http: aiohttp.ClientSession) -> None:
     async with running_gateway([engines[0].url]) as gw:
         assert (await http.get(f"{gw.url}/readyz")).status == 200
