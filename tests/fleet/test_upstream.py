@@ -172,6 +172,24 @@ async def test_engine_that_closes_after_every_stream_gets_no_pooled_stream_conne
         assert pool.idle_connections() == 0  # learnt: such connections are no longer pooled at all
 
 
+async def test_a_burst_leaves_no_dead_connections_behind() -> None:
+    async with scripted(_answer_whole) as (_server, url):
+        pool = UpstreamPool(connect_timeout=2, idle_timeout=2, keepalive_timeout=0.2)
+
+        async def one() -> None:
+            resp = await pool.post(url, "/x", b"{}", 5)
+            await resp.read()
+            resp.close()
+
+        await asyncio.gather(*(one() for _ in range(20)))
+        assert pool.idle_connections() == 20
+        await asyncio.sleep(0.12)
+        await one()  # steady traffic keeps reusing the most recent connection...
+        await asyncio.sleep(0.12)  # ...while the burst's other 19 expire below it
+        await one()
+        assert pool.idle_connections() == 1
+
+
 async def test_stream_pieces_arrive_as_sent() -> None:
     release = asyncio.Event()
 

@@ -222,7 +222,7 @@ class UpstreamPool:
         self.idle_timeout = idle_timeout
         # llama-server closes idle keep-alive connections; ours are dropped sooner, so fewer go stale.
         self.keepalive_timeout = keepalive_timeout
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
         self._origins: dict[str, tuple[str, int, bytes]] = {}
         self._heads: dict[tuple[str, str], bytes] = {}
         self._closes_after_chunked: set[tuple[str, int]] = set()
@@ -276,8 +276,16 @@ class UpstreamPool:
         if not conn.reusable() or (conn.chunked and conn.key in self._closes_after_chunked):
             conn.abort()
             return
-        conn.idle_since = time.monotonic()
-        self._idle.setdefault(conn.key, []).append(conn)
+        now = conn.idle_since = time.monotonic()
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = deque()
+        # Oldest first: drop the ones the engine closed or that expired, so a past burst's connections do not
+        # linger behind the few that steady traffic keeps reusing.
+        oldest_ok = now - self.keepalive_timeout
+        while idle and (idle[0].closed or idle[0].idle_since < oldest_ok):
+            idle.popleft().abort()
+        idle.append(conn)
 
     def _learn_close(self, conn: _Connection) -> None:
         """An engine that closes a connection right after a chunked answer (llama-server ends every stream that
