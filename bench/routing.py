@@ -653,37 +653,36 @@ async def _stream_ttft(session: aiohttp.ClientSession, engine: str, body: dict[s
 
 
 async def oracle_ttfts(engine: str, results: list[Result], max_tokens: int) -> list[dict[str, float]]:
-    """The best TTFT each request could have had: sent alone to an idle replica right after everything before its
-    last user message (system prompt, earlier turns and their recorded replies) was put in that slot's cache.
+    """The best TTFT each request could have had: sent alone to an idle replica right after exactly its best
+    possible prefix (the tokens an earlier request of the run left that it could reuse) was put in that slot.
 
     No router can beat it: a real run adds queueing and co-batched prefills, and caches at most this much. One
-    slot (`id_slot` 0), conversations in order, so each warm-up only adds what the previous one lacked."""
+    slot (`id_slot` 0) of one replica, requests in order, the prefix loaded with a 1-token `/completion`."""
     out: list[dict[str, float]] = []
-    ordered = sorted(results, key=lambda r: (r.tenant, r.conv, r.turn))
     # llama-server closes the connection after each stream: a fresh connection per request.
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
-        for r in ordered:
+        for r in results:
             if r.error:
                 continue
-            history = [*r.messages[:-1]]
-            base = {"model": MODEL, "temperature": 0, "id_slot": 0, "cache_prompt": True}
-            async with session.post(
-                f"{engine}/v1/chat/completions", json={**base, "messages": history, "max_tokens": 1}
-            ) as resp:
+            tokens, _ = await asyncio.to_thread(_tokenize_llamacpp, engine, r.messages, r.reply)
+            warm = {"prompt": list(tokens[: r.best]) or [tokens[0]], "n_predict": 1, "id_slot": 0, "cache_prompt": True}
+            async with session.post(f"{engine}/completion", json=warm) as resp:
                 await resp.read()
-            ttft, prompt, cached = await _stream_ttft(
-                session,
-                engine,
-                {
-                    **base,
-                    "messages": r.messages,
-                    "max_tokens": max_tokens,
-                    "stream": True,
-                    "stream_options": {"include_usage": True},
-                },
+            body = {
+                "model": MODEL,
+                "messages": r.messages,
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "id_slot": 0,
+                "cache_prompt": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            ttft, prompt, cached = await _stream_ttft(session, engine, body)
+            out.append(
+                {"ttft": ttft, "prompt": prompt, "cached": cached, "best": r.best, "turn": r.turn, "conv": r.conv}
             )
-            out.append({"ttft": ttft, "prompt": prompt, "cached": cached, "best": r.best, "turn": r.turn})
     return out
 
 
@@ -1191,9 +1190,9 @@ def markdown_section(data: dict[str, Any], checks: list[Verdict]) -> str:
     if oracle is not None:
         lines += [
             "The TTFT bound (the oracle): after the first `shared` run, while its replicas still ran, every request "
-            "was sent again straight to one idle replica (`id_slot` 0, temperature 0), right after everything "
-            "before its last user message (system prompt, earlier turns with their recorded replies) was put in "
-            "that slot's cache; "
+            "was sent again, in the run's order, straight to one idle replica (`id_slot` 0, temperature 0), right "
+            "after exactly its best possible prefix (the tokens an earlier request left that it could reuse) was "
+            "loaded into that slot; "
             f"{oracle['oracle_hits']} of {oracle['oracle_requests']} found at least their best possible prefix. "
             f"Its TTFT p50 is {oracle['oracle_ttft_p50']:.3f} s (p90 {_s(oracle['oracle_ttft_p90'], '.3f')} s): "
             "what a request costs this engine when nothing else runs and every reusable token is cached, so no "
@@ -1460,6 +1459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
             for key, g in groups.items()
         },
+        "oracle": [o for run in runs for o in run.oracle],
     }
     if s.json_path is not None:
         s.json_path.parent.mkdir(parents=True, exist_ok=True)
