@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from fleetgate.api.openai import FastLane
 from fleetgate.errors import AuthenticationFailed
 from fleetgate.fleet.metrics import ReplicaMetrics
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
@@ -251,7 +252,9 @@ def attach_dashboard(running: RunningGateway, clock: Any = None, usage_ttl: floa
     gw = running.gateway
     ts = TimeSeries(gw.metrics.registry, gw.registry, **({"clock": clock} if clock else {}))
     rating = Rating(gw.ledger.engine, tenant_names=names_from_store(gw.store))
-    app = running.server.config.app
+    lane = running.server.config.app
+    assert isinstance(lane, FastLane)  # the completion paths' fast lane; the Starlette app sits behind it
+    app = lane.app
     routes = dashboard_routes(
         ts,
         gw.registry,
