@@ -1152,7 +1152,8 @@ def markdown_section(data: dict[str, Any], checks: list[Verdict]) -> str:
         "both replicas burned (the work, independent of how much CPU the machine left them). "
         "`replica 0 share` = the share of prompt tokens replica 0 served (from its `/metrics`). "
         "`other CPU` = what the rest of the machine used during the run (busy time from /proc/stat minus the "
-        "replicas, the router and the client), as a share of one core. "(
+        "replicas, the router and the client), as a share of one core. "
+        + (
             "Each `shared` row is one run; "
             if s.get("shared_repeats", 1) == 1
             else f"Each `shared` target ran {s['shared_repeats']} times, the order of the targets reversed every "
