@@ -147,8 +147,7 @@ async def test_kill_mid_flight_and_after_completion(harness: Harness) -> None:
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(timeout=10)
         results = await asyncio.gather(*tasks)
-        # A request cut before its headers left has no id on the client side: it never reached the engine
-        # (the fake engine's own count proves how many did).
+        # A request cut before its headers reached the client has no id on the client side (see the end).
         completed = {rid for rid, done in results if rid and done}
         cut = {rid for rid, done in results if rid and not done}
         assert completed and cut, "the kill should land while some streams run and after others finished"
@@ -167,6 +166,10 @@ async def test_kill_mid_flight_and_after_completion(harness: Harness) -> None:
         rows = await harness.wait_rows(expected)
     missing = expected - set(rows)
     assert not missing, f"{len(missing)} requests missing from the ledger"
+    # The kill can also land after a request was routed (its start record written) and before its response
+    # headers reached the client: the client knows no id, the ledger holds it as lost. Only such rows may be extra.
+    extra = set(rows) - expected
+    assert all(rows[rid][0] == "gateway_lost" and rows[rid][2] == 0 for rid in extra), [rows[rid] for rid in extra]
     for rid in completed | completed2:
         assert rows[rid][0] == "ok", (rid, rows[rid])
         assert rows[rid][3] == "engine" and rows[rid][2] > 0
@@ -174,6 +177,5 @@ async def test_kill_mid_flight_and_after_completion(harness: Harness) -> None:
         status, prompt, completion, _ = rows[rid]
         assert status == "gateway_lost", (rid, rows[rid])
         assert prompt > 0 and completion == 0
-    # Exactly once: the primary key would reject a duplicate row; the ledger holds no other request either.
-    assert len(rows) == len(expected)
-    assert harness.engine.served == len(expected)
+    # Exactly once: the primary key would reject a duplicate row, and every request the engine served has its row.
+    assert len(expected) <= harness.engine.served <= len(rows)
