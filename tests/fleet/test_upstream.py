@@ -65,6 +65,14 @@ def _whole(body: bytes, extra: bytes = b"") -> bytes:
     )
 
 
+async def _fetch(pool: UpstreamPool, url: str) -> bytes:
+    """One whole exchange: POST, read the body, give the connection back."""
+    resp = await pool.post(url, "/x", b"{}", 5)
+    body = await resp.read()
+    resp.close()
+    return body
+
+
 async def _answer_whole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
     writer.write(_whole(b'{"n":%d}' % n))
     await writer.drain()
@@ -94,40 +102,30 @@ async def test_connection_close_answer_is_not_reused() -> None:
     async with scripted(close_after) as (server, url):
         pool = UpstreamPool(connect_timeout=2, idle_timeout=2)
         for _ in range(2):
-            resp = await pool.post(url, "/x", b"{}", 5)
-            assert await resp.read() == b"{}"
-            resp.close()
+            assert await _fetch(pool, url) == b"{}"
         assert pool.opened == 2 and server.connections == 2
 
 
 async def test_idle_connection_closed_by_engine_is_not_used_again() -> None:
     async with scripted(_answer_whole) as (_server, url):
         pool = UpstreamPool(connect_timeout=2, idle_timeout=2)
-        resp = await pool.post(url, "/x", b"{}", 5)
-        await resp.read()
-        resp.close()
+        await _fetch(pool, url)
         assert pool.idle_connections() == 1
         # llama-server closes idle keep-alive connections: simulate it from our side of the socket.
         conn = pool._idle[("127.0.0.1", int(url.rsplit(":", 1)[1]))][0]
         assert conn.transport is not None
         conn.transport.close()
         await asyncio.sleep(0.05)
-        resp = await pool.post(url, "/x", b"{}", 5)
-        assert await resp.read() == b'{"n":2}'
-        resp.close()
+        assert await _fetch(pool, url) == b'{"n":2}'
         assert pool.opened == 2
 
 
 async def test_expired_idle_connection_is_dropped() -> None:
     async with scripted(_answer_whole) as (_server, url):
         pool = UpstreamPool(connect_timeout=2, idle_timeout=2, keepalive_timeout=0.05)
-        resp = await pool.post(url, "/x", b"{}", 5)
-        await resp.read()
-        resp.close()
+        await _fetch(pool, url)
         await asyncio.sleep(0.1)
-        resp = await pool.post(url, "/x", b"{}", 5)
-        await resp.read()
-        resp.close()
+        await _fetch(pool, url)
         assert pool.opened == 2
 
 
@@ -163,9 +161,7 @@ async def test_engine_that_closes_after_every_stream_gets_no_pooled_stream_conne
     async with scripted(stream_then_close) as (server, url):
         pool = UpstreamPool(connect_timeout=2, idle_timeout=2)
         for i in range(6):
-            resp = await pool.post(url, "/x", b"{}", 5)
-            assert await resp.read() == b"hello"
-            resp.close()
+            assert await _fetch(pool, url) == b"hello"
             if i == 2:
                 await asyncio.sleep(0.05)  # let the engine's close arrive while the connection is idle
         assert pool.opened == 6 and server.connections == 6
@@ -176,17 +172,12 @@ async def test_a_burst_leaves_no_dead_connections_behind() -> None:
     async with scripted(_answer_whole) as (_server, url):
         pool = UpstreamPool(connect_timeout=2, idle_timeout=2, keepalive_timeout=0.2)
 
-        async def one() -> None:
-            resp = await pool.post(url, "/x", b"{}", 5)
-            await resp.read()
-            resp.close()
-
-        await asyncio.gather(*(one() for _ in range(20)))
+        await asyncio.gather(*(_fetch(pool, url) for _ in range(20)))
         assert pool.idle_connections() == 20
         await asyncio.sleep(0.12)
-        await one()  # steady traffic keeps reusing the most recent connection...
+        await _fetch(pool, url)  # steady traffic keeps reusing the most recent connection...
         await asyncio.sleep(0.12)  # ...while the burst's other 19 expire below it
-        await one()
+        await _fetch(pool, url)
         assert pool.idle_connections() == 1
 
 

@@ -325,8 +325,9 @@ class UpstreamPool:
             if not conn.closed and conn.idle_since >= oldest_ok:
                 return conn
             if conn.closed:
-                self._learn_close(conn)
-            conn.abort()
+                self._learn_close(conn)  # aborts it too
+            else:
+                conn.abort()
         return None
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> _Connection:
