@@ -35,7 +35,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -508,8 +508,16 @@ def start_peer(workdir: Path, python: Path, target: Target, urls: list[str], tag
 # ------------------------------------------------------------------------------------------------------- client
 
 
-async def one_request(session: aiohttp.ClientSession, base: str, key: str | None, r: Result, max_tokens: int) -> None:
-    """Send `r` streamed; fill in TTFT (first content chunk), end-to-end time, usage and the reply."""
+async def one_request(
+    session: aiohttp.ClientSession,
+    base: str,
+    key: str | None,
+    r: Result,
+    max_tokens: int,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Send `r` streamed (with `extra` body fields); fill in TTFT (first content chunk), end-to-end time, usage and
+    the reply."""
     body = {
         "model": MODEL,
         "messages": r.messages,
@@ -517,6 +525,7 @@ async def one_request(session: aiohttp.ClientSession, base: str, key: str | None
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **(extra or {}),
     }
     headers = {"content-type": "application/json"}
     if key:
@@ -641,26 +650,6 @@ def fill_best(results: list[Result], engine: str, sim: bool = False) -> int:
     return mismatch
 
 
-async def _stream_ttft(session: aiohttp.ClientSession, engine: str, body: dict[str, Any]) -> tuple[float, int, int]:
-    """TTFT (first content chunk), prompt and cached tokens of one streamed request sent straight to an engine."""
-    started = time.monotonic()
-    ttft: float | None = None
-    usage: dict[str, Any] = {}
-    async with session.post(f"{engine}/v1/chat/completions", json=body) as resp:
-        if resp.status != 200:
-            raise RuntimeError(f"HTTP {resp.status}: {(await resp.read())[:200]!r}")
-        async for line in resp.content:
-            if not line.startswith(b"data: {"):
-                continue
-            event = json.loads(line[6:])
-            for choice in event.get("choices") or []:
-                if ttft is None and (choice.get("delta") or {}).get("content"):
-                    ttft = time.monotonic() - started
-            usage = event.get("usage") or usage
-    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-    return (ttft if ttft is not None else time.monotonic() - started), int(usage.get("prompt_tokens") or 0), cached
-
-
 async def oracle_ttfts(engine: str, results: list[Result], max_tokens: int) -> list[dict[str, float]]:
     """The best TTFT each request could have had: sent alone to an idle replica right after exactly its best
     possible prefix (the tokens an earlier request of the run left that it could reuse) was put in that slot.
@@ -678,19 +667,19 @@ async def oracle_ttfts(engine: str, results: list[Result], max_tokens: int) -> l
             warm = {"prompt": list(tokens[: r.best]) or [tokens[0]], "n_predict": 1, "id_slot": 0, "cache_prompt": True}
             async with session.post(f"{engine}/completion", json=warm) as resp:
                 await resp.read()
-            body = {
-                "model": MODEL,
-                "messages": r.messages,
-                "max_tokens": max_tokens,
-                "temperature": 0,
-                "id_slot": 0,
-                "cache_prompt": True,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            }
-            ttft, prompt, cached = await _stream_ttft(session, engine, body)
+            timed = replace(r)
+            await one_request(session, engine, None, timed, max_tokens, extra={"id_slot": 0, "cache_prompt": True})
+            if timed.ttft is None:
+                raise RuntimeError(f"oracle request failed: {timed.error}")
             out.append(
-                {"ttft": ttft, "prompt": prompt, "cached": cached, "best": r.best, "turn": r.turn, "conv": r.conv}
+                {
+                    "ttft": timed.ttft,
+                    "prompt": timed.prompt_tokens,
+                    "cached": timed.cached_tokens,
+                    "best": r.best,
+                    "turn": r.turn,
+                    "conv": r.conv,
+                }
             )
     return out
 
