@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
@@ -44,6 +46,15 @@ STATUS_COLUMNS: dict[str, str] = {
 }
 _SUMMED = (*_COUNTS, *STATUS_COLUMNS.values())
 _EVENT_FIELDS = tuple(f.name for f in fields(UsageEvent))
+_event_values = operator.attrgetter(*_EVENT_FIELDS)
+# SQLite's fast path (see SqlLedger._insert_sqlite): plain DB-API statements, one text each whatever the batch size.
+# Built from our own field names, never from input, so S608 does not apply.
+_COLUMNS, _PLACEHOLDERS = ", ".join(_EVENT_FIELDS), ", ".join("?" * len(_EVENT_FIELDS))
+_SQLITE_INSERT = (
+    f"INSERT INTO usage_events ({_COLUMNS}) VALUES ({_PLACEHOLDERS})"  # noqa: S608
+    " ON CONFLICT (event_id) DO NOTHING"
+)
+_SQLITE_PRESENT = "SELECT event_id FROM usage_events WHERE event_id IN (SELECT value FROM json_each(?))"
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +231,8 @@ class SqlLedger:
         raise AssertionError("unreachable")
 
     async def _insert_in(self, conn: AsyncConnection, batch: Sequence[UsageEvent]) -> int:
+        if conn.dialect.name == "sqlite":
+            return await self._insert_sqlite(conn, batch)
         insert_events, upsert_daily = _statements(conn.dialect.name)
         # One fixed statement executed with many parameter sets: SQLAlchemy compiles it once and caches it
         # (a multi-VALUES statement built per batch was recompiled every time: ~60 ms of loop time per 250 rows).
@@ -237,6 +250,24 @@ class SqlLedger:
             return 0
         await conn.execute(upsert_daily, _rollups(e for e in batch if e.event_id in inserted))
         return len(inserted)
+
+    async def _insert_sqlite(self, conn: AsyncConnection, batch: Sequence[UsageEvent]) -> int:
+        """SQLite's insert: the ids already present, then one executemany of the rest, under the write lock.
+
+        Why not the RETURNING insert: SQLAlchemy binds every row's 19 parameters in Python, ~26 us of CPU per
+        event, most of the gateway's metering cost; this path costs ~15 (measured side by side). BEGIN IMMEDIATE
+        takes the database's write lock before the lookup, so no other writer can add one of these ids between
+        the lookup and the insert: the roll-ups count exactly the rows this transaction added.
+        """
+        await conn.exec_driver_sql("BEGIN IMMEDIATE")
+        ids = orjson.dumps([e.event_id for e in batch]).decode()
+        present = {row[0] for row in (await conn.exec_driver_sql(_SQLITE_PRESENT, (ids,))).all()}
+        new = [e for e in batch if e.event_id not in present]
+        if not new:
+            return 0
+        await conn.exec_driver_sql(_SQLITE_INSERT, [_event_values(e) for e in new])
+        await conn.execute(_statements("sqlite")[1], _rollups(new))
+        return len(new)
 
     async def get(self, event_id: str) -> UsageEvent | None:
         """One event by id."""

@@ -93,7 +93,8 @@ class TenantGate:
     async def settle(self, admission: Admission, usage: dict[str, Any] | None, partial_completion: int) -> None:
         """Correct the reservation to what the engine really used and free the concurrency slot, exactly once.
 
-        Runs in its own task and is shielded: a cancelled request (client gone, shutdown) still frees its slot.
+        A limiter whose settle never suspends runs inline; any other runs in its own shielded task, so that a
+        cancelled request (client gone, shutdown) still frees its slot.
         """
         if admission.settled:
             return
@@ -106,12 +107,15 @@ class TenantGate:
         else:
             prompt, cached, completion = admission.decision.est_input_tokens, 0, partial_completion
         cost = cost_micros(admission.price, prompt, cached, completion)
-        task = asyncio.create_task(
-            self.limiter.settle(admission.reservation, admission.principal.tenant.limits, prompt + completion, cost)
-        )
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        limits = admission.principal.tenant.limits
+        settling = self.limiter.settle(admission.reservation, limits, prompt + completion, cost)
         try:
+            if self.limiter.settles_inline:
+                await settling  # never suspends, so a cancellation cannot land halfway through it
+                return
+            task = asyncio.create_task(settling)
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
             await asyncio.shield(task)
         except asyncio.CancelledError:
             raise

@@ -65,6 +65,9 @@ class Limiter(Protocol):
     """A back end for the fast limits."""
 
     name: str
+    # True when settle() never suspends (in-process counters): the gate then awaits it directly, which no
+    # cancellation can interrupt, instead of running it in a shielded task of its own (~8 us per request).
+    settles_inline: bool
 
     async def reserve(
         self, tenant_id: str, request_id: str, spec: LimitSpec, tokens: int, cost_micros: int

@@ -42,6 +42,7 @@ class FailoverLimiter:
         if policy not in POLICIES:
             raise ConfigError(f"limits.on_redis_error must be one of {', '.join(POLICIES)}, not {policy!r}")
         self.name = primary.name
+        self.settles_inline = False  # its primary is a network service
         self.primary = primary
         self.fallback = fallback
         self.policy = policy

@@ -61,6 +61,7 @@ class MemoryLimiter:
     """Token buckets, a concurrency counter and a monthly budget per tenant, held in this process."""
 
     name = "memory"
+    settles_inline = True  # settle() touches only this process's dicts and never awaits
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         """`clock` drives the buckets (monotonic), `wall` the budget's calendar month."""

@@ -158,6 +158,7 @@ class RedisLimiter:
     """Limits shared by every gateway process that points at the same Redis."""
 
     name = "redis"
+    settles_inline = False
 
     def __init__(
         self,
