@@ -12,6 +12,7 @@ from typing import Any
 
 import uvicorn
 
+from fleetgate.api.server import uvicorn_config
 from fleetgate.app import Gateway, build_app, build_gateway, remote_replicas
 from fleetgate.config import Config, EngineEndpoint
 from fleetgate.fleet.replicas import ReplicaRegistry
@@ -69,9 +70,7 @@ async def running_gateway(
     )
     gateway = build_gateway(config, ReplicaRegistry(remote_replicas(config.engines)))
     sock = bind_socket("127.0.0.1", 0)
-    server = GatewayServer(
-        uvicorn.Config(build_app(gateway), loop="none", http="httptools", lifespan="on", log_level="warning")
-    )
+    server = GatewayServer(uvicorn_config(build_app(gateway), shutdown_grace=config.gateway.shutdown_grace))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     for _ in range(200):
         if server.started:

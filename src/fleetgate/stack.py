@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 
+from fleetgate.api.server import uvicorn_config
 from fleetgate.app import build_app, build_gateway, remote_replicas
 from fleetgate.config import Config
 from fleetgate.errors import FleetError
@@ -117,20 +118,7 @@ async def run_stack(
                 for replica in started:
                     registry.add(replica)
         gateway = build_gateway(config, registry)
-        server = GatewayServer(
-            uvicorn.Config(
-                build_app(gateway),
-                loop="none",  # we already run inside the loop the CLI chose (uvloop when available)
-                http="httptools",
-                lifespan="on",
-                log_level="warning",
-                access_log=False,
-                proxy_headers=False,
-                server_header=False,
-                date_header=False,
-                timeout_graceful_shutdown=int(config.gateway.shutdown_grace),
-            )
-        )
+        server = GatewayServer(uvicorn_config(build_app(gateway), shutdown_grace=config.gateway.shutdown_grace))
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
             if serving.done():

@@ -51,6 +51,8 @@ class FastLane:
             "/v1/chat/completions": CompletionEndpoint(proxy, "chat"),
             "/v1/completions": CompletionEndpoint(proxy, "completions"),
         }
+        # By raw path, for api.server.GatewayProtocol, which serves these before any ASGI scope is complete.
+        self.raw_lanes = {path.encode(): lane for path, lane in self._lanes.items()}
 
     async def __call__(self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
         """Dispatch one ASGI connection."""

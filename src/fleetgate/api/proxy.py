@@ -15,6 +15,7 @@ import orjson
 from fleetgate.api.asgi import ASGIReceive, ASGISend, read_body, send_error
 from fleetgate.api.relay import Disconnected, relay_stream, relay_whole
 from fleetgate.api.request import ENDPOINT_PATHS, Endpoint, RequestOutcome, parse_request
+from fleetgate.api.server import ON_DISCONNECT
 from fleetgate.config import GatewayConfig
 from fleetgate.errors import (
     ApiError,
@@ -92,7 +93,9 @@ class Proxy:
             payload, serving, admission = admitted
             holder: list[Slot] = []
             try:
-                await self._serve_watching_disconnect(payload, serving, outcome, receive, send, admission, holder)
+                await self._serve_watching_disconnect(
+                    payload, serving, outcome, scope, receive, send, admission, holder
+                )
             finally:
                 if holder and self.admission is not None:
                     self.admission.release(holder[0])
@@ -215,6 +218,7 @@ class Proxy:
         payload: dict[str, Any],
         serving: list[Replica],
         outcome: RequestOutcome,
+        scope: dict[str, Any],
         receive: ASGIReceive,
         send: ASGISend,
         admission: Admission,
@@ -224,16 +228,25 @@ class Proxy:
         assert task is not None
         state = {"disconnected": False}
 
+        def gone() -> None:
+            if not outcome.recorded:  # after the finish record, a disconnect is the normal end
+                state["disconnected"] = True
+                task.cancel()
+
         async def watch() -> None:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    if not outcome.recorded:  # after the finish record, a disconnect is the normal end
-                        state["disconnected"] = True
-                        task.cancel()
+                    gone()
                     return
 
-        watcher = asyncio.create_task(watch())
+        # Our own server calls back when the client goes (api/server.py); any other ASGI server gets a watcher.
+        listen = scope.get("extensions", {}).get(ON_DISCONNECT)
+        watcher = None
+        if listen is not None:
+            listen(gone)
+        else:
+            watcher = asyncio.create_task(watch())
         try:
             if self.admission is not None:
                 try:
@@ -253,7 +266,10 @@ class Proxy:
         except Disconnected:
             outcome.status = "client_abort"
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            elif listen is not None:
+                listen(None)
 
     async def _serve(
         self, payload: dict[str, Any], serving: list[Replica], outcome: RequestOutcome, send: ASGISend

@@ -146,8 +146,13 @@ def _row(event: UsageEvent) -> dict[str, Any]:
 
 def _rollups(events: Iterable[UsageEvent]) -> list[dict[str, Any]]:
     groups: dict[tuple[date, str, str, str, str], dict[str, Any]] = {}
+    days: dict[int, date] = {}  # a batch spans a day or two: one datetime per day, not per event
     for e in events:
-        key = (utc_day(e.started_at), e.tenant_id, e.model, e.adapter or "", e.gpu_type or "")
+        day_number = int(e.started_at // 86400)
+        day = days.get(day_number)
+        if day is None:
+            day = days[day_number] = utc_day(e.started_at)
+        key = (day, e.tenant_id, e.model, e.adapter or "", e.gpu_type or "")
         acc = groups.get(key)
         if acc is None:
             acc = dict.fromkeys(_SUMMED, 0)

@@ -30,6 +30,10 @@ import orjson
 from fleetgate.metering.events import UsageEvent
 
 SEGMENT_SUFFIX = ".log"
+# How each kind of line starts: the flusher tells them apart by these bytes without parsing the line.
+START_PREFIX = b'{"t":"s",'
+COUNTED_PREFIX = b'{"t":"p",'
+FINISH_PREFIX = b'{"t":"f","e":'
 LOCK_SUFFIX = ".lock"
 
 
@@ -52,7 +56,7 @@ class StartRecord:
 
     def to_line(self) -> bytes:
         """One outbox line."""
-        return b'{"t":"s",' + orjson.dumps(self)[1:] + b"\n"  # no asdict(): it deep-copies every field
+        return START_PREFIX + orjson.dumps(self)[1:] + b"\n"  # no asdict(): it deep-copies every field
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StartRecord:
@@ -151,12 +155,12 @@ class Outbox:
     def prompt_counted(self, request_id: str, prompt_tokens: int) -> None:
         """Record the engine's own prompt token count for a running request."""
         if request_id in self._open:
-            self._append(orjson.dumps({"t": "p", "id": request_id, "n": prompt_tokens}) + b"\n")
+            self._append(COUNTED_PREFIX + orjson.dumps({"id": request_id, "n": prompt_tokens})[1:] + b"\n")
 
     def finished(self, event: UsageEvent) -> None:
         """Record the request's usage event (before the client gets its last byte)."""
         self._open.pop(event.event_id, None)
-        self._append(b'{"t":"f","e":' + event.to_json() + b"}\n")
+        self._append(FINISH_PREFIX + event.to_json() + b"}\n")
 
     def close(self) -> None:
         """Flush to disk and release the lock (a clean stop leaves nothing to adopt but undelivered records)."""

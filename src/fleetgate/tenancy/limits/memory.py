@@ -68,6 +68,16 @@ class MemoryLimiter:
         self._clock = clock
         self._wall = wall
         self._tenants: dict[str, _Tenant] = {}
+        self._month: tuple[float, float, str] = (0.0, 0.0, "")  # (start, end, "YYYY-MM") of the last month seen
+
+    def _period(self, wall: float) -> tuple[str, float]:
+        """period_of(wall), computed once a month instead of twice per request (two datetimes, ~3 us)."""
+        start, end, period = self._month
+        if not start <= wall < end:
+            period, end = period_of(wall)
+            start = datetime(int(period[:4]), int(period[5:]), 1, tzinfo=UTC).timestamp()
+            self._month = (start, end, period)
+        return period, end
 
     def _bucket(self, tenant: _Tenant, which: LimitName, capacity: int | None, now: float) -> _Bucket | None:
         """The refilled bucket, created full on first use; None when the limit is off."""
@@ -93,7 +103,7 @@ class MemoryLimiter:
         """Check every limit and take the reservation, or take nothing and name the limit that refused."""
         # No await from here to the end: on one event loop the check and the take cannot interleave.
         now, wall = self._clock(), self._wall()
-        period, period_end = period_of(wall)
+        period, period_end = self._period(wall)
         tenant = self._tenant(tenant_id, period)
         rpm = self._bucket(tenant, "rpm", spec.rpm, now)
         tpm = self._bucket(tenant, "tpm", spec.tpm, now)
@@ -138,7 +148,7 @@ class MemoryLimiter:
 
     async def counters(self, tenant_id: str, spec: LimitSpec) -> TenantCounters:
         """Current counters of one tenant (refilled to now)."""
-        period, _ = period_of(self._wall())
+        period, _ = self._period(self._wall())
         tenant = self._tenant(tenant_id, period)
         now = self._clock()
         rpm = self._bucket(tenant, "rpm", spec.rpm, now)
