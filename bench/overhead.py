@@ -52,8 +52,14 @@ REDIS_KEY_PREFIX = "fleetgate:lim:"  # fleetgate.tenancy.limits.redis.DEFAULT_PR
 # The client never asks for usage, so every proxy must hand it exactly the engine's content and finish chunks.
 EXPECTED_CHUNKS = fake_upstream.EXPECTED_EVENTS
 GATEWAY_MODES = ("fleetgate", "fleetgate-redis")
-TARGET_ORDER = ("direct", *GATEWAY_MODES, "litellm")
-ROLE_OF = {"direct": "engine", "fleetgate": "gateway", "fleetgate-redis": "gateway-redis", "litellm": "litellm"}
+TARGET_ORDER = ("direct", "floor", *GATEWAY_MODES, "litellm")
+ROLE_OF = {
+    "direct": "engine",
+    "floor": "floor",
+    "fleetgate": "gateway",
+    "fleetgate-redis": "gateway-redis",
+    "litellm": "litellm",
+}
 # What each gateway mode changes from the defaults. fail_closed: a Redis problem shows up as errors in the table
 # instead of the gateway quietly deciding in-process (fail_open, the default) while the row says "Redis".
 MODE_ENV: dict[str, dict[str, str]] = {
@@ -193,6 +199,25 @@ def start_upstream(workdir: Path, burst: bool) -> tuple[Child, int]:
         child.stop()
         raise
     return child, port
+
+
+def start_floor(workdir: Path, upstream_port: int) -> tuple[Child, int]:
+    """Start bench/floor_proxy.py (the least a Python metering proxy does) in front of the fake engine."""
+    port_file = workdir / "floor.port"
+    port_file.unlink(missing_ok=True)
+    script = Path(__file__).resolve().parent / "floor_proxy.py"
+    args = [sys.executable, str(script), "--upstream-port", str(upstream_port), "--port-file", str(port_file)]
+    child = start("floor", [*args, "--outbox", str(workdir / "floor-outbox.log")], workdir / "floor.log")
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            if not child.alive() or time.monotonic() > deadline:
+                raise StartError(f"the floor proxy did not start; log:\n{child.log_tail()}")
+            time.sleep(0.02)
+    except BaseException:
+        child.stop()
+        raise
+    return child, int(port_file.read_text())
 
 
 def start_gateway(workdir: Path, upstream_port: int, mode: str, redis_url: str) -> tuple[Child, int]:
@@ -557,6 +582,27 @@ def redis_comparison(agg: dict[tuple[str, int, bool], dict[str, Any]], s: Settin
     return lines
 
 
+def floor_comparison(agg: dict[tuple[str, int, bool], dict[str, Any]], s: Settings) -> list[str]:
+    """What a bare Python metering proxy reaches, and what fleetgate's features cost on top of it."""
+    get = _getter(agg)
+    hi = max(s.concurrency)
+    lines = []
+    for stream in (False, True):
+        mode = "stream" if stream else "non-stream"
+        floor_share = _ratio(get("floor", hi, stream, "rps"), get("direct", hi, stream, "rps"))
+        floor_cpu = get("floor", hi, stream, "cpu_ms_per_req")
+        parts = [
+            f"Floor, {mode}: a bare Python metering proxy reaches {_pct(floor_share)} of direct at c={hi} with "
+            f"{_ms(floor_cpu, '.3f')} ms CPU per request"
+        ]
+        for m in s.modes:
+            share = _ratio(get(m, hi, stream, "rps"), get("floor", hi, stream, "rps"))
+            extra = _diff(get(m, hi, stream, "cpu_ms_per_req"), floor_cpu)
+            parts.append(f"{m} reaches {_pct(share)} of the floor's rate, its features cost {_ms(extra, '+.3f')} ms")
+        lines.append("; ".join(parts))
+    return lines
+
+
 def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
@@ -608,7 +654,7 @@ def table_rows(
     agg: dict[tuple[str, int, bool], dict[str, Any]], s: Settings, notes: dict[str, str]
 ) -> list[tuple[str, ...]]:
     """One row per target and cell; a target that could not run shows n/a (with the reason in the notes)."""
-    wanted = {"direct", *s.modes, *(["litellm"] if s.litellm else [])}
+    wanted = {"direct", "floor", *s.modes, *(["litellm"] if s.litellm else [])}
     rows: list[tuple[str, ...]] = []
     for c in s.concurrency:
         for stream in (False, True):
@@ -649,7 +695,7 @@ def print_report(run: Run, agg: dict[tuple[str, int, bool], dict[str, Any]], che
     console.print(table)
     for name, why in run.notes.items():
         console.print(f"{name}: n/a ({escape(why)})")
-    for line in redis_comparison(agg, run.settings):
+    for line in [*redis_comparison(agg, run.settings), *floor_comparison(agg, run.settings)]:
         console.print(escape(line))
     for v in checks:
         colour = {True: "green", False: "red", None: "yellow"}[v.ok]
@@ -670,7 +716,11 @@ def markdown_section(run: Run, agg: dict[tuple[str, int, bool], dict[str, Any]],
         "Setup: a fake OpenAI engine (raw asyncio on uvloop, precomputed answers; a stream is "
         f"{fake_upstream.CONTENT_CHUNKS} content chunks + a finish chunk + a usage chunk when asked + `[DONE]`, "
         + ("all in one write" if s.burst else "one write per event, no delay")
-        + f"), reached directly, through `fleetgate up --engine ...` as {gateways}"
+        + f"), reached directly, through `floor` (bench/floor_proxy.py: the least a Python metering proxy does per "
+        "request on uvloop: httptools both ways, the JSON body parsed and re-serialised, usage forced on and taken "
+        "from the answer, a pooled keep-alive engine connection, a start and a finish line appended to an outbox "
+        "file; none of fleetgate's features), "
+        f"through `fleetgate up --engine ...` as {gateways}"
         + (
             f" and through LiteLLM proxy {m.get('litellm_version', '?')} (`litellm[proxy]` from PyPI, its default "
             "single uvicorn process, no database, access log off)"
@@ -714,6 +764,7 @@ def markdown_section(run: Run, agg: dict[tuple[str, int, bool], dict[str, Any]],
     for mode, shown in run.checks.items():
         lines += [f"{mode} limits: {shown}.", ""]
     lines += [f"{line}.\n" for line in redis_comparison(agg, s)]
+    lines += [f"{line}.\n" for line in floor_comparison(agg, s)]
     lines += [f"- {v.line(markdown=True)}" for v in checks]
     lines.append("")
     return "\n".join(lines)
@@ -814,6 +865,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"fake engine: pid {upstream.pid} on :{upstream_port}")
         targets = [Target("direct", f"http://127.0.0.1:{upstream_port}", None, "engine")]
         roles = {"engine": upstream.pid}
+        floor, floor_port = start_floor(workdir, upstream_port)
+        children.append(floor)
+        targets.append(Target("floor", f"http://127.0.0.1:{floor_port}", None, "floor"))
+        roles["floor"] = floor.pid
         for mode, pid, port in start_gateways(run, workdir, upstream_port, children):
             targets.append(Target(mode, f"http://127.0.0.1:{port}", DEMO_KEY, ROLE_OF[mode]))
             roles[ROLE_OF[mode]] = pid

@@ -19,9 +19,10 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-OVERHEAD_TARGETS = ("direct", "fleetgate", "fleetgate-redis", "litellm")
+OVERHEAD_TARGETS = ("direct", "floor", "fleetgate", "fleetgate-redis", "litellm")
 COLOURS = {
     "direct": "#8c8c8c",
+    "floor": "#2ca02c",
     "fleetgate": "#1f77b4",
     "fleetgate-redis": "#9467bd",
     "litellm": "#d62728",
