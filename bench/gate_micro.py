@@ -609,8 +609,9 @@ def markdown_section(run: Run, rows: list[dict[str, Any]], checks: list[Verdict]
         'before timing by reading the limiter\'s counters mid-request), `models: ["*"]`, and one key; the key '
         f"cache polls the store's revision every {tenancy.poll_interval:g} s as in the gateway. The model "
         f"(`{MODEL}`) has a price, so the budget counter really moves. Tenant plane = `TenantGate.authenticate` "
-        "(cached key) + `admit` (model check, policy, token estimate, price, limiter reserve) + `settle` (its own "
-        'shielded task, as in the gateway), with `make_limiter("memory", ...)` and with '
+        "(cached key) + `admit` (model check, policy, token estimate, price, limiter reserve) + `settle` (inline for "
+        "the in-process limiter, whose settle never suspends; in its own shielded task for Redis; as in the "
+        'gateway), with `make_limiter("memory", ...)` and with '
         f'`make_limiter("redis", "{s.redis_url}", "fail_closed")` ({redis}; a Redis error would abort the run, '
         "so no number here comes from the in-process fallback). Outbox = `Outbox.started` + `Outbox.finished` "
         f"with records built beforehand (untimed), in a temporary directory on {m.get('workdir_fs', '?')}, default "
