@@ -188,12 +188,7 @@ def start_upstream(workdir: Path, burst: bool) -> tuple[Child, int]:
         args.append("--burst")
     child = start("fake upstream", args, workdir / "upstream.log")
     try:
-        deadline = time.monotonic() + 30
-        while not port_file.exists():
-            if not child.alive() or time.monotonic() > deadline:
-                raise StartError(f"the fake upstream did not start; log:\n{child.log_tail()}")
-            time.sleep(0.02)
-        port = int(port_file.read_text())
+        port = wait_port_file(child, port_file, "the fake upstream")
         wait_ready(child, f"http://127.0.0.1:{port}/health", 30)
     except BaseException:
         child.stop()
@@ -209,15 +204,20 @@ def start_floor(workdir: Path, upstream_port: int) -> tuple[Child, int]:
     args = [sys.executable, str(script), "--upstream-port", str(upstream_port), "--port-file", str(port_file)]
     child = start("floor", [*args, "--outbox", str(workdir / "floor-outbox.log")], workdir / "floor.log")
     try:
-        deadline = time.monotonic() + 30
-        while not port_file.exists():
-            if not child.alive() or time.monotonic() > deadline:
-                raise StartError(f"the floor proxy did not start; log:\n{child.log_tail()}")
-            time.sleep(0.02)
+        return child, wait_port_file(child, port_file, "the floor proxy")
     except BaseException:
         child.stop()
         raise
-    return child, int(port_file.read_text())
+
+
+def wait_port_file(child: Child, port_file: Path, what: str, timeout: float = 30) -> int:
+    """The port a child writes to `port_file` once it listens; StartError if it dies or takes too long."""
+    deadline = time.monotonic() + timeout
+    while not port_file.exists():
+        if not child.alive() or time.monotonic() > deadline:
+            raise StartError(f"{what} did not start; log:\n{child.log_tail()}")
+        time.sleep(0.02)
+    return int(port_file.read_text())
 
 
 def start_gateway(workdir: Path, upstream_port: int, mode: str, redis_url: str) -> tuple[Child, int]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.fakes import FakeEngine
 from tests.services import POSTGRES_ADMIN_URL, missing, reachable
 
 
@@ -58,3 +59,12 @@ def db_url(request: pytest.FixtureRequest) -> str:
     """Run a test on both SQLite and PostgreSQL."""
     name = "sqlite_url" if request.param == "sqlite" else "pg_url"
     return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[FakeEngine]:
+    """A fake OpenAI engine serving `smollm2` (a module with its own `engine` overrides this one)."""
+    fake = FakeEngine(model="smollm2")
+    await fake.start()
+    yield fake
+    await fake.stop()

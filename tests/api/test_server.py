@@ -5,31 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httptools
 import pytest
 
-from fleetgate.api.server import GatewayProtocol, LaneCycle
+from fleetgate.api.server import ON_DISCONNECT, GatewayProtocol, LaneCycle
 from tests.fakes import FakeEngine
 from tests.gateway_harness import DEMO_KEY, RunningGateway, running_gateway
 
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-async def engine() -> AsyncIterator[FakeEngine]:
-    fake = FakeEngine(model="smollm2")
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-async def gw(engine: FakeEngine) -> AsyncIterator[RunningGateway]:
-    async with running_gateway([engine.url]) as running:
-        yield running
 
 
 class Responses:
@@ -81,15 +69,23 @@ async def _connect(gw: RunningGateway) -> tuple[asyncio.StreamReader, asyncio.St
     return await asyncio.open_connection(host, int(port))
 
 
+@asynccontextmanager
+async def _connection(gw: RunningGateway) -> AsyncIterator[tuple[asyncio.StreamWriter, Responses]]:
+    """One raw connection to the gateway: write requests, read responses in order; closed afterwards."""
+    reader, writer = await _connect(gw)
+    try:
+        yield writer, Responses(reader)
+    finally:
+        writer.close()
+
+
 def test_the_gateway_serves_with_our_protocol(gw: RunningGateway) -> None:
     assert gw.server.config.http_protocol_class is GatewayProtocol
     assert set(gw.server.config.loaded_app.raw_lanes) == {b"/v1/chat/completions", b"/v1/completions"}
 
 
 async def test_keep_alive_serves_several_lane_requests_on_one_connection(gw: RunningGateway) -> None:
-    reader, writer = await _connect(gw)
-    responses = Responses(reader)
-    try:
+    async with _connection(gw) as (writer, responses):
         ids = set()
         for _ in range(3):
             writer.write(_post({"model": "smollm2", "messages": HI}))
@@ -100,14 +96,10 @@ async def test_keep_alive_serves_several_lane_requests_on_one_connection(gw: Run
             assert json.loads(resp["body"])["choices"][0]["message"]["content"] == "hello"
             ids.add(resp["headers"]["x-request-id"])
         assert len(ids) == 3
-    finally:
-        writer.close()
 
 
 async def test_pipelined_requests_are_answered_in_order(gw: RunningGateway) -> None:
-    reader, writer = await _connect(gw)
-    responses = Responses(reader)
-    try:
+    async with _connection(gw) as (writer, responses):
         # Three requests in one write: whole, streamed, then a non-lane path, each must come back in that order.
         writer.write(
             _post({"model": "smollm2", "messages": HI})
@@ -120,8 +112,6 @@ async def test_pipelined_requests_are_answered_in_order(gw: RunningGateway) -> N
         assert stream["headers"]["content-type"].startswith("text/event-stream")
         assert stream["body"].rstrip().endswith(b"data: [DONE]")
         assert health["status"] == 200
-    finally:
-        writer.close()
 
 
 async def test_expect_100_continue_gets_its_interim_answer(gw: RunningGateway) -> None:
@@ -153,9 +143,7 @@ async def test_http_1_0_gets_connection_close(gw: RunningGateway) -> None:
 
 
 async def test_errors_on_the_lane_are_openai_shaped_and_keep_the_connection(gw: RunningGateway) -> None:
-    reader, writer = await _connect(gw)
-    responses = Responses(reader)
-    try:
+    async with _connection(gw) as (writer, responses):
         writer.write(_post({"model": "no-such-model", "messages": HI}, path="/v1/chat/completions?trace=1"))
         (missing,) = await responses.next()
         assert missing["status"] == 404
@@ -163,8 +151,6 @@ async def test_errors_on_the_lane_are_openai_shaped_and_keep_the_connection(gw: 
         writer.write(_post({"model": "smollm2", "messages": HI}))
         (ok,) = await responses.next()
         assert ok["status"] == 200
-    finally:
-        writer.close()
 
 
 async def test_a_client_leaving_mid_stream_stops_the_engine_and_is_metered(
@@ -195,3 +181,28 @@ async def test_a_client_leaving_mid_stream_stops_the_engine_and_is_metered(
         assert rows[0].status == "client_abort"
         # The engine never sent its usage: the row is counted by the gateway, and short of the full answer.
         assert rows[0].usage_source != "engine" and rows[0].completion_tokens < 30
+
+
+def test_a_handler_listening_after_the_client_left_hears_it_at_once() -> None:
+    cycle = LaneCycle(
+        scope={"type": "http"},
+        transport=None,
+        flow=None,
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test"),
+        access_log=False,
+        default_headers=[],
+        message_event=asyncio.Event(),
+        expect_100_continue=False,
+        keep_alive=True,
+        on_response=lambda: None,
+    )
+    heard: list[str] = []
+    listen: Any = cycle.scope["extensions"][ON_DISCONNECT]  # ASGI types extensions as dicts; ours is a call
+    listen(lambda: heard.append("first"))
+    assert heard == []  # still connected: nothing yet
+    cycle.disconnected = True
+    cycle.client_gone()
+    listen(lambda: heard.append("late"))  # a handler that registers after the fact is not left waiting
+    cycle.client_gone()  # once per callback: it was already told
+    assert heard == ["first", "late"]

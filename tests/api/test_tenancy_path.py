@@ -19,20 +19,6 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
-async def engine() -> AsyncIterator[FakeEngine]:
-    fake = FakeEngine(model="smollm2")
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-async def gw(engine: FakeEngine) -> AsyncIterator[RunningGateway]:
-    async with running_gateway([engine.url]) as running:
-        yield running
-
-
-@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
         yield session

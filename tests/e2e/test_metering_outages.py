@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -20,14 +19,6 @@ from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
 BODY = {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
-
-
-@pytest.fixture
-async def engine() -> AsyncIterator[FakeEngine]:
-    fake = FakeEngine(model="smollm2")
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 async def _requests(gw: RunningGateway, n: int, stream: bool = False) -> list[str]:

@@ -40,6 +40,8 @@ class LaneCycle(RequestResponseCycle):
 
     def _listen(self, callback: Callable[[], None] | None) -> None:
         self._on_disconnect = callback
+        if self.disconnected:  # gone already (while its body was read, say): the handler hears it at once
+            self.client_gone()
 
     def client_gone(self) -> None:
         """The connection was lost before the response was complete: tell the handler, once."""
