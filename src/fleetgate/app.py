@@ -25,7 +25,7 @@ from fleetgate.api.iolog import iolog_routes
 from fleetgate.api.proxy import Proxy
 from fleetgate.api.usage import admin_usage_router, usage_routes
 from fleetgate.config import Config, EngineEndpoint
-from fleetgate.db.engine import make_engine, migrate
+from fleetgate.db.engine import make_engine, migrate, sqlite_path
 from fleetgate.errors import ApiError
 from fleetgate.fleet.adapters import AdapterPool
 from fleetgate.fleet.client import EngineClient
@@ -37,6 +37,7 @@ from fleetgate.metering.events import Sink
 from fleetgate.metering.flusher import Flusher
 from fleetgate.metering.iolog import IOLog
 from fleetgate.metering.ledger import SqlLedger
+from fleetgate.metering.ledger_worker import LedgerWorker
 from fleetgate.metering.outbox import Outbox
 from fleetgate.metering.rating import Rating, names_from_store
 from fleetgate.observability.dashboard import admin_key_check, dashboard_routes, ledger_usage_today
@@ -116,7 +117,13 @@ def build_gateway(config: Config, registry: ReplicaRegistry) -> Gateway:
         from fleetgate.metering.sinks.nats import NatsSink  # optional dependency: only when configured
 
         sinks.append(NatsSink(metering.nats))
-    flusher = Flusher(outbox, ledger, sinks, metering.flush_interval, metering.batch_size)
+    ledger_file = sqlite_path(metering.ledger_url or config.database.url)
+    worker = (
+        LedgerWorker(ledger_file, metering.batch_size, metering.ledger_worker_min_bytes)
+        if ledger_file is not None and metering.ledger_worker_min_bytes is not None
+        else None
+    )
+    flusher = Flusher(outbox, ledger, sinks, metering.flush_interval, metering.batch_size, worker)
     iolog = IOLog(config.iolog)
     metrics = GatewayMetrics(config.observability.max_tenant_labels)
     admission = AdmissionController(config.admission, registry) if config.admission.enabled else None

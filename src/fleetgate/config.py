@@ -170,6 +170,12 @@ class MeteringConfig(_Strict):
     tokenize_after: float = Field(
         0.5, ge=0, description="seconds a request runs before the engine is asked to count its prompt"
     )
+    ledger_worker_min_bytes: int | None = Field(
+        64 * 1024,
+        ge=0,
+        description="a flusher pass with at least this many new outbox bytes (~150 requests) inserts into a SQLite"
+        " ledger from a worker process, off the gateway's event loop; null keeps every insert in the gateway",
+    )
     nats: NatsSinkConfig | None = None
 
 

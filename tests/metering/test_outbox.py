@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from fleetgate.metering.events import UsageEvent
-from fleetgate.metering.flusher import Flusher, parse_lines
-from fleetgate.metering.outbox import Outbox, StartRecord
+from fleetgate.metering.flusher import Flusher
+from fleetgate.metering.outbox import Outbox, StartRecord, parse_lines
 
 
 class MemoryLedger:

@@ -7,8 +7,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from fleetgate.errors import ConfigError
@@ -47,6 +47,22 @@ def make_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL (None for another database or an in-memory one)."""
+    url = async_url(url)
+    if not url.startswith("sqlite"):
+        return None
+    path = url.removeprefix("sqlite+aiosqlite:///")
+    return path if path and path != ":memory:" else None
+
+
+def make_sync_engine(sqlite_file: str) -> Engine:
+    """A plain (sync) engine on a SQLite file, with the same pragmas as the async one (for worker processes)."""
+    engine = create_engine(f"sqlite:///{sqlite_file}")
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
 
 
 def _alembic_config(connection: Connection) -> AlembicConfig:

@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from fleetgate.metering.events import Ledger, Sink, UsageEvent
+from fleetgate.metering.ledger_worker import LedgerWorker
 from fleetgate.metering.outbox import (
     COUNTED_PREFIX,
     LOCK_SUFFIX,
     START_PREFIX,
     Outbox,
     StartRecord,
+    parse_lines,
     parse_segment_name,
 )
 
@@ -81,30 +81,6 @@ def lost_event(start: StartRecord, prompt_tokens: int | None, ended_at: float) -
     )
 
 
-def parse_lines(
-    data: bytes, base: int = 0, skip: tuple[bytes, ...] = ()
-) -> tuple[list[tuple[int, dict[str, Any]]], int]:
-    """Parse complete lines into (end offset, record); returns them and the bytes used (a torn tail is left).
-
-    Lines starting with one of `skip` are not parsed: delivery needs finish lines only, and parsing the start
-    line every request also writes was about a quarter of the flusher's CPU."""
-    records: list[tuple[int, dict[str, Any]]] = []
-    pos = 0
-    while True:
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            break
-        line = data[pos:nl]
-        pos = nl + 1
-        if not line or line.startswith(skip):
-            continue
-        try:
-            records.append((base + pos, orjson.loads(line)))
-        except orjson.JSONDecodeError:
-            log.warning("skipping a corrupt outbox line (%d bytes)", len(line))
-    return records, pos
-
-
 class Flusher:
     """Moves finished events from outbox segments to the ledger and sinks; recovers orphaned outboxes."""
 
@@ -115,10 +91,12 @@ class Flusher:
         sinks: list[Sink] | None = None,
         interval: float = 0.2,
         batch_size: int = 500,
+        ledger_worker: LedgerWorker | None = None,
     ) -> None:
         self.outbox = outbox
         self.interval = interval
         self.batch_size = batch_size
+        self.ledger_worker = ledger_worker  # takes busy passes' ledger inserts out of this process
         self.consumers = [_Consumer(LEDGER, ledger.insert)]
         self.consumers += [_Consumer(s.name, s.publish) for s in sinks or []]
         self._adopted: dict[str, int] = {}  # dead owner -> fd of its lock, held while we drain it
@@ -150,6 +128,8 @@ class Flusher:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self.flush_once()
+        if self.ledger_worker is not None:
+            await asyncio.to_thread(self.ledger_worker.close)
 
     async def _loop(self) -> None:
         while True:
@@ -229,8 +209,9 @@ class Flusher:
         self._read_offsets(segment)
         start = min((segment.offsets.get(c.name, 0) for c in self.consumers), default=0)
         data = await asyncio.to_thread(_read_from, segment.path, start)
-        records, used = parse_lines(data, start, skip=(START_PREFIX, COUNTED_PREFIX))
-        end = start + used
+        end = start + data.rfind(b"\n") + 1  # whole lines only: a torn tail waits for the next pass
+        records: list[tuple[int, dict[str, Any]]] | None = None  # parsed only if a consumer needs them here
+        worker = self.ledger_worker
         to_ledger = 0
         now = time.monotonic()
         changed = False
@@ -238,21 +219,27 @@ class Flusher:
             offset = segment.offsets.get(consumer.name, 0)
             if offset >= end or now < consumer.retry_at:
                 continue
-            events = [UsageEvent.from_dict(r["e"]) for end_at, r in records if end_at > offset and r.get("t") == "f"]
             try:
-                for i in range(0, len(events), self.batch_size):
-                    await consumer.deliver(events[i : i + self.batch_size])
+                if consumer.name == LEDGER and worker is not None and worker.takes(end - offset):
+                    delivered = await worker.insert_range(segment.path, offset, end)
+                else:
+                    if records is None:
+                        records, _ = parse_lines(data, start, skip=(START_PREFIX, COUNTED_PREFIX))
+                    events = [UsageEvent.from_dict(r["e"]) for at, r in records if at > offset and r.get("t") == "f"]
+                    for i in range(0, len(events), self.batch_size):
+                        await consumer.deliver(events[i : i + self.batch_size])
+                    delivered = len(events)
             except Exception as exc:  # a consumer's outage must never stop the others or serving
                 self._failed(consumer, exc, now)
                 continue
             if consumer.failing_since is not None:
                 log.warning("%s is back after %.1fs; catching up", consumer.name, now - consumer.failing_since)
             consumer.failing_since, consumer.failures = None, 0
-            consumer.delivered += len(events)
+            consumer.delivered += delivered
             segment.offsets[consumer.name] = end
             changed = True
             if consumer.name == LEDGER:
-                to_ledger += len(events)
+                to_ledger += delivered
         if changed:
             await asyncio.to_thread(_write_ckpt, segment)
         writer_done = segment.path != self.outbox.active_segment

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import operator
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
@@ -19,6 +20,7 @@ from typing import Any
 import orjson
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -47,7 +49,7 @@ STATUS_COLUMNS: dict[str, str] = {
 _SUMMED = (*_COUNTS, *STATUS_COLUMNS.values())
 _EVENT_FIELDS = tuple(f.name for f in fields(UsageEvent))
 _event_values = operator.attrgetter(*_EVENT_FIELDS)
-# SQLite's fast path (see SqlLedger._insert_sqlite): plain DB-API statements, one text each whatever the batch size.
+# SQLite's fast path (see insert_sqlite): plain DB-API statements, one text each whatever the batch size.
 # Built from our own field names, never from input, so S608 does not apply.
 _COLUMNS, _PLACEHOLDERS = ", ".join(_EVENT_FIELDS), ", ".join("?" * len(_EVENT_FIELDS))
 _SQLITE_INSERT = (
@@ -171,6 +173,54 @@ def _rollups(events: Iterable[UsageEvent]) -> list[dict[str, Any]]:
     ]
 
 
+def unique_by_id(events: Iterable[UsageEvent]) -> list[UsageEvent]:
+    """One event per event_id, sorted by it: concurrent batches then lock index entries in the same order (no
+    deadlock on PostgreSQL)."""
+    unique: dict[str, UsageEvent] = {}
+    for event in events:
+        unique.setdefault(event.event_id, event)
+    return [unique[k] for k in sorted(unique)]
+
+
+def insert_sqlite(conn: Connection, batch: Sequence[UsageEvent]) -> int:
+    """SQLite's insert of one batch: the ids already present, then one executemany of the rest, under the write
+    lock; returns how many rows were new. Sync, so the gateway (through `run_sync`) and the ledger worker process
+    (metering/ledger_worker.py) run the same code.
+
+    Why not the RETURNING insert: SQLAlchemy binds every row's 19 parameters in Python, ~26 us of CPU per event,
+    most of the gateway's metering cost; this costs ~15 (measured side by side). BEGIN IMMEDIATE takes the
+    database's write lock before the lookup, so no other writer can add one of these ids between the lookup and
+    the insert: the roll-ups count exactly the rows this transaction added.
+    """
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    ids = orjson.dumps([e.event_id for e in batch]).decode()
+    present = {row[0] for row in conn.exec_driver_sql(_SQLITE_PRESENT, (ids,)).all()}
+    new = [e for e in batch if e.event_id not in present]
+    if not new:
+        return 0
+    conn.exec_driver_sql(_SQLITE_INSERT, [_event_values(e) for e in new])
+    conn.execute(_statements("sqlite")[1], _rollups(new))
+    return len(new)
+
+
+def insert_sqlite_sync(engine: Engine, events: Iterable[UsageEvent], batch_size: int) -> int:
+    """SqlLedger.insert for a plain (sync) SQLite engine: batches, each its own transaction, retried when locked."""
+    ordered = unique_by_id(events)
+    new = 0
+    for start in range(0, len(ordered), batch_size):
+        batch = ordered[start : start + batch_size]
+        for attempt in range(_RETRIES):
+            try:
+                with engine.begin() as conn:
+                    new += insert_sqlite(conn, batch)
+                break
+            except DBAPIError as exc:
+                if attempt + 1 == _RETRIES or not _retryable(exc):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+    return new
+
+
 def _retryable(exc: DBAPIError) -> bool:
     # PostgreSQL deadlock / serialization failure, or SQLite still locked after busy_timeout: safe to retry,
     # since the whole batch is idempotent.
@@ -213,11 +263,7 @@ class SqlLedger:
 
     async def insert(self, events: list[UsageEvent]) -> int:
         """Insert events keyed by event_id; already-present ids are skipped. Returns how many were new."""
-        unique: dict[str, UsageEvent] = {}
-        for event in events:
-            unique.setdefault(event.event_id, event)
-        # Sorted ids: concurrent batches lock index entries in the same order (no deadlock on PostgreSQL).
-        ordered = [unique[k] for k in sorted(unique)]
+        ordered = unique_by_id(events)
         new = 0
         for start in range(0, len(ordered), self.batch_size):
             new += await self._insert_batch(ordered[start : start + self.batch_size])
@@ -237,7 +283,7 @@ class SqlLedger:
 
     async def _insert_in(self, conn: AsyncConnection, batch: Sequence[UsageEvent]) -> int:
         if conn.dialect.name == "sqlite":
-            return await self._insert_sqlite(conn, batch)
+            return await conn.run_sync(insert_sqlite, batch)
         insert_events, upsert_daily = _statements(conn.dialect.name)
         # One fixed statement executed with many parameter sets: SQLAlchemy compiles it once and caches it
         # (a multi-VALUES statement built per batch was recompiled every time: ~60 ms of loop time per 250 rows).
@@ -255,24 +301,6 @@ class SqlLedger:
             return 0
         await conn.execute(upsert_daily, _rollups(e for e in batch if e.event_id in inserted))
         return len(inserted)
-
-    async def _insert_sqlite(self, conn: AsyncConnection, batch: Sequence[UsageEvent]) -> int:
-        """SQLite's insert: the ids already present, then one executemany of the rest, under the write lock.
-
-        Why not the RETURNING insert: SQLAlchemy binds every row's 19 parameters in Python, ~26 us of CPU per
-        event, most of the gateway's metering cost; this path costs ~15 (measured side by side). BEGIN IMMEDIATE
-        takes the database's write lock before the lookup, so no other writer can add one of these ids between
-        the lookup and the insert: the roll-ups count exactly the rows this transaction added.
-        """
-        await conn.exec_driver_sql("BEGIN IMMEDIATE")
-        ids = orjson.dumps([e.event_id for e in batch]).decode()
-        present = {row[0] for row in (await conn.exec_driver_sql(_SQLITE_PRESENT, (ids,))).all()}
-        new = [e for e in batch if e.event_id not in present]
-        if not new:
-            return 0
-        await conn.exec_driver_sql(_SQLITE_INSERT, [_event_values(e) for e in new])
-        await conn.execute(_statements("sqlite")[1], _rollups(new))
-        return len(new)
 
     async def get(self, event_id: str) -> UsageEvent | None:
         """One event by id."""

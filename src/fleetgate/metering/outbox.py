@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import secrets
 import time
@@ -28,6 +29,8 @@ from typing import Any
 import orjson
 
 from fleetgate.metering.events import UsageEvent
+
+log = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".log"
 # How each kind of line starts: the flusher tells them apart by these bytes without parsing the line.
@@ -78,6 +81,30 @@ def parse_segment_name(name: str) -> tuple[str, int] | None:
     if not owner or not seq.isdigit():
         return None
     return owner, int(seq)
+
+
+def parse_lines(
+    data: bytes, base: int = 0, skip: tuple[bytes, ...] = ()
+) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    """Parse complete lines into (end offset, record); returns them and the bytes used (a torn tail is left).
+
+    Lines starting with one of `skip` are not parsed: delivery needs finish lines only, and parsing the start
+    line every request also writes was about a quarter of the flusher's CPU."""
+    records: list[tuple[int, dict[str, Any]]] = []
+    pos = 0
+    while True:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break
+        line = data[pos:nl]
+        pos = nl + 1
+        if not line or line.startswith(skip):
+            continue
+        try:
+            records.append((base + pos, orjson.loads(line)))
+        except orjson.JSONDecodeError:
+            log.warning("skipping a corrupt outbox line (%d bytes)", len(line))
+    return records, pos
 
 
 class Outbox:

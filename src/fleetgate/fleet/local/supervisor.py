@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -20,19 +19,9 @@ from fleetgate.config import LocalFleetConfig
 from fleetgate.errors import FleetError
 from fleetgate.fleet.local.launcher import ReplicaLauncher, free_port
 from fleetgate.fleet.replicas import Replica
+from fleetgate.parent_death import die_with_parent
 
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: if the supervisor is SIGKILLed, the kernel stops the replica too.
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 @dataclass
@@ -76,7 +65,7 @@ class Supervisor:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which drains, then stops replicas
-                preexec_fn=_die_with_parent,  # prctl only: safe between fork and exec
+                preexec_fn=die_with_parent,  # if the supervisor is SIGKILLed, the kernel stops the replica too
                 close_fds=True,
             )
         local.started_at = time.monotonic()
