@@ -122,13 +122,13 @@ class GatewayProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         """Start a lane's cycle for a completion POST; anything else is uvicorn's."""
         parser = self.parser
-        lane = self.lanes.get(self.url.partition(b"?")[0]) if parser.get_method() == b"POST" else None
+        raw_path, _, query = self.url.partition(b"?")
+        lane = self.lanes.get(raw_path) if parser.get_method() == b"POST" else None
         if lane is None or parser.should_upgrade():
             super().on_headers_complete()
             return
         http_version = parser.get_http_version()
         scope = self.scope
-        raw_path, _, query = self.url.partition(b"?")
         scope["method"] = "POST"
         scope["http_version"] = http_version
         scope["path"] = raw_path.decode("ascii")

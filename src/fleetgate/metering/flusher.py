@@ -21,11 +21,10 @@ from typing import Any
 from fleetgate.metering.events import Ledger, Sink, UsageEvent
 from fleetgate.metering.ledger_worker import LedgerWorker
 from fleetgate.metering.outbox import (
-    COUNTED_PREFIX,
     LOCK_SUFFIX,
-    START_PREFIX,
     Outbox,
     StartRecord,
+    finished_events,
     parse_lines,
     parse_segment_name,
 )
@@ -210,7 +209,7 @@ class Flusher:
         start = min((segment.offsets.get(c.name, 0) for c in self.consumers), default=0)
         data = await asyncio.to_thread(_read_from, segment.path, start)
         end = start + data.rfind(b"\n") + 1  # whole lines only: a torn tail waits for the next pass
-        records: list[tuple[int, dict[str, Any]]] | None = None  # parsed only if a consumer needs them here
+        finished: list[tuple[int, dict[str, Any]]] | None = None  # parsed only if a consumer needs them here
         worker = self.ledger_worker
         to_ledger = 0
         now = time.monotonic()
@@ -223,9 +222,9 @@ class Flusher:
                 if consumer.name == LEDGER and worker is not None and worker.takes(end - offset):
                     delivered = await worker.insert_range(segment.path, offset, end)
                 else:
-                    if records is None:
-                        records, _ = parse_lines(data, start, skip=(START_PREFIX, COUNTED_PREFIX))
-                    events = [UsageEvent.from_dict(r["e"]) for at, r in records if at > offset and r.get("t") == "f"]
+                    if finished is None:
+                        finished = finished_events(data, start)
+                    events = [UsageEvent.from_dict(e) for at, e in finished if at > offset]
                     for i in range(0, len(events), self.batch_size):
                         await consumer.deliver(events[i : i + self.batch_size])
                     delivered = len(events)

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from fleetgate.db.engine import make_sync_engine
 from fleetgate.metering.events import UsageEvent
 from fleetgate.metering.ledger import insert_sqlite_sync
-from fleetgate.metering.outbox import COUNTED_PREFIX, START_PREFIX, parse_lines
+from fleetgate.metering.outbox import finished_events
 from fleetgate.parent_death import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,6 @@ def _insert_range(segment: str, start: int, end: int, batch_size: int) -> int:
     with open(segment, "rb") as f:
         f.seek(start)
         data = f.read(end - start)
-    records, _ = parse_lines(data, skip=(START_PREFIX, COUNTED_PREFIX))
-    events = [UsageEvent.from_dict(r["e"]) for _, r in records if r.get("t") == "f"]
+    events = [UsageEvent.from_dict(e) for _, e in finished_events(data)]
     insert_sqlite_sync(_engine, events, batch_size)
     return len(events)

@@ -107,6 +107,12 @@ def parse_lines(
     return records, pos
 
 
+def finished_events(data: bytes, base: int = 0) -> list[tuple[int, dict[str, Any]]]:
+    """(end offset, UsageEvent dict) of each complete finish line; start and prompt-count lines are not parsed."""
+    records, _ = parse_lines(data, base, skip=(START_PREFIX, COUNTED_PREFIX))
+    return [(at, r["e"]) for at, r in records if r.get("t") == "f"]
+
+
 class Outbox:
     """Appends records for this process; one instance per gateway process."""
 

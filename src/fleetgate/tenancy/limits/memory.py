@@ -14,11 +14,18 @@ CONCURRENCY_RETRY_AFTER = 1.0
 NEVER_FITS_RETRY_AFTER = 60.0  # the request is larger than the bucket: a full minute, though it can never pass
 
 
-def period_of(wall_seconds: float) -> tuple[str, float]:
-    """The UTC calendar month containing `wall_seconds` as "YYYY-MM" and the epoch second at which it ends."""
+def month_of(wall_seconds: float) -> tuple[str, float, float]:
+    """The UTC calendar month containing `wall_seconds`: "YYYY-MM" and the epoch seconds at which it starts and ends."""
     now = datetime.fromtimestamp(wall_seconds, UTC)
     year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
-    return f"{now.year:04d}-{now.month:02d}", datetime(year, month, 1, tzinfo=UTC).timestamp()
+    start = datetime(now.year, now.month, 1, tzinfo=UTC).timestamp()
+    return f"{now.year:04d}-{now.month:02d}", start, datetime(year, month, 1, tzinfo=UTC).timestamp()
+
+
+def period_of(wall_seconds: float) -> tuple[str, float]:
+    """The UTC calendar month containing `wall_seconds` as "YYYY-MM" and the epoch second at which it ends."""
+    period, _, end = month_of(wall_seconds)
+    return period, end
 
 
 def pick_denial(denials: list[Denial]) -> Denial | None:
@@ -68,15 +75,13 @@ class MemoryLimiter:
         self._clock = clock
         self._wall = wall
         self._tenants: dict[str, _Tenant] = {}
-        self._month: tuple[float, float, str] = (0.0, 0.0, "")  # (start, end, "YYYY-MM") of the last month seen
+        self._month: tuple[str, float, float] = ("", 0.0, 0.0)  # month_of() of the last month seen
 
     def _period(self, wall: float) -> tuple[str, float]:
-        """period_of(wall), computed once a month instead of twice per request (two datetimes, ~3 us)."""
-        start, end, period = self._month
+        """period_of(wall), computed once a month instead of twice per request (datetimes, ~3 us)."""
+        period, start, end = self._month
         if not start <= wall < end:
-            period, end = period_of(wall)
-            start = datetime(int(period[:4]), int(period[5:]), 1, tzinfo=UTC).timestamp()
-            self._month = (start, end, period)
+            self._month = period, start, end = month_of(wall)
         return period, end
 
     def _bucket(self, tenant: _Tenant, which: LimitName, capacity: int | None, now: float) -> _Bucket | None:
