@@ -32,7 +32,6 @@ from rich.markup import escape
 from rich.table import Table
 
 import plots
-from fleetgate.api.request import RequestOutcome
 from fleetgate.config import GatewayConfig, MeteringConfig, PricesConfig, TenancyConfig
 from fleetgate.fleet.client import EngineClient
 from fleetgate.fleet.replicas import Replica
@@ -40,6 +39,7 @@ from fleetgate.ids import request_id
 from fleetgate.metering.capture import UsageCapture
 from fleetgate.metering.events import UsageEvent
 from fleetgate.metering.outbox import Outbox, StartRecord
+from fleetgate.serving.outcome import RequestOutcome
 from fleetgate.tenancy.auth import TenantAuthenticator
 from fleetgate.tenancy.gate import TenantGate
 from fleetgate.tenancy.limits.base import Limiter

@@ -31,6 +31,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_keys import ADMIN_KEY, KEY_ENV
 from fleetgate.config import LocalFleetConfig
 from fleetgate.fleet.local.model import resolve_model
 from fleetgate.fleet.local.vllm_env import cached_env, install_vllm_env
@@ -39,7 +40,7 @@ from procs import Child, free_port, start, wait_ready
 from report import DEFAULT_DOCS, machine_info, machine_line, update_docs
 
 HEADING = "## LoRA adapters on vLLM replicas (bench/lora.py)"
-ADMIN = {"Authorization": "Bearer fg-admin-0123456789abcdef"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 FLEETGATE = [sys.executable, "-m", "fleetgate.cli.main"]
 POLICIES = ("score", "round_robin", "prefix")
 WHY = (
@@ -144,6 +145,7 @@ def start_gateway(workdir: Path, engines: Sequence[str], policy: str) -> tuple[C
             "FLEETGATE_RUN_DIR": str(state / "run"),
             "FLEETGATE_ROUTING__POLICY": policy,
             "FLEETGATE_ADAPTERS__MAX_PER_REPLICA": "2",
+            **KEY_ENV,
         }
     )
     args = [*FLEETGATE, "up", "--port", str(port), "--no-self-test"]

@@ -38,14 +38,13 @@ from rich.table import Table
 
 import fake_upstream
 import plots
+from bench_keys import ADMIN_KEY, DEMO_KEY, KEY_ENV
 from litellm_target import DEFAULT_VENV, MASTER_KEY, ensure_venv, installed_version, start_litellm
 from loadgen import NON_STREAM_BODY, STREAM_BODY, CellResult, Target, check_completion, check_stream, run_cell
 from procs import Child, StartError, cpu_seconds, free_port, machine_busy_seconds, start, wait_ready
 from report import DEFAULT_DOCS, command_line, machine_info, machine_line, update_docs
 
 SECTION = "## Gateway overhead (bench/overhead.py)"
-DEMO_KEY = "fg-demo-0123456789abcdef"
-ADMIN_KEY = "fg-admin-0123456789abcdef"
 DEMO_TENANT = "demo"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 REDIS_KEY_PREFIX = "fleetgate:lim:"  # fleetgate.tenancy.limits.redis.DEFAULT_PREFIX (the gateway may be a clone)
@@ -236,6 +235,7 @@ def start_gateway(workdir: Path, upstream_port: int, mode: str, redis_url: str) 
     env.update(MODE_ENV[mode])
     env["FLEETGATE_STATE_DIR"] = str(home / "state")
     env["FLEETGATE_RUN_DIR"] = str(home / "run")
+    env.update(KEY_ENV)
     if mode == "fleetgate-redis":
         env["FLEETGATE_LIMITS__REDIS_URL"] = redis_url
     args = [fleetgate, "up", "--engine", f"http://127.0.0.1:{upstream_port}", "--port", str(port), "--no-self-test"]

@@ -45,6 +45,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from bench_keys import ADMIN_KEY, KEY_ENV
 from fleetgate.config import AdmissionConfig
 from fleetgate.scheduling.reserve import ShareReserve
 from fleetgate.tenancy.policy import estimate_input_tokens
@@ -56,7 +57,6 @@ SECTION = "## Overload (bench/overload.py)"
 DEFAULTS = AdmissionConfig()
 DEFAULT_QUANTUM = DEFAULTS.quantum
 RESERVE_OFF = {"FLEETGATE_ADMISSION__RESERVE_SLOTS": "0", "FLEETGATE_ADMISSION__RESERVE_FRACTION": "0"}
-ADMIN_KEY = "fg-admin-0123456789abcdef"
 MODEL = "smollm2"
 PROFILE = "smollm2-llamacpp-local"
 REPLICAS = 2
@@ -372,6 +372,7 @@ class Bench:
             **os.environ,
             "FLEETGATE_STATE_DIR": str(state),
             "FLEETGATE_RUN_DIR": str(state / "run"),
+            **KEY_ENV,
             "FLEETGATE_ADMISSION__MAX_IN_FLIGHT_PER_REPLICA": str(SLOTS),
             "FLEETGATE_ADMISSION__MAX_QUEUE": str(MAX_QUEUE),
             "FLEETGATE_ADMISSION__QUEUE_TIMEOUT": "{interactive: %g, standard: %g, batch: %g}" % ((QUEUE_TIMEOUT,) * 3),

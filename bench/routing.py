@@ -48,6 +48,7 @@ from rich.table import Table
 import plots
 import routing_sim
 import routing_workload as wl
+from bench_keys import ADMIN_KEY, KEY_ENV
 from procs import Child, StartError, cpu_seconds, free_port, machine_busy_seconds, start, wait_ready
 from report import DEFAULT_DOCS, command_line, loadavg, machine_info, machine_line, update_docs
 
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
 
 SECTION = "## Routing on real llama-server replicas (bench/routing.py)"
 PLOT_NAME = "routing"
-ADMIN_KEY = "fg-admin-0123456789abcdef"
 MODEL = "smollm2"
 BENCH_CACHE = Path.home() / ".cache" / "fleetgate" / "bench"
 # Pinned so the comparison means the same thing on every run; bump after checking `pip index versions <dist>`.
@@ -390,6 +390,7 @@ def start_fleetgate(workdir: Path, urls: list[str], policy: str, tag: str, seed:
             "FLEETGATE_RUN_DIR": str(home / "run"),
             "FLEETGATE_ROUTING__POLICY": policy,
             "FLEETGATE_ROUTING__PARAMS__SEED": str(seed),
+            **KEY_ENV,
         }
     )
     args = [fleetgate, "up", "--port", str(port), "--no-self-test"]
@@ -692,7 +693,7 @@ _DECISIONS = re.compile(r"^fleetgate_route_decisions_total\{[^}]*\}\s+([0-9.eE+]
 
 def route_decisions(port: int) -> int | None:
     """How many routing decisions the gateway made (a retry after a failed attempt is one more)."""
-    status, body = _http("GET", f"http://127.0.0.1:{port}/metrics")
+    status, body = _http("GET", f"http://127.0.0.1:{port}/metrics", ADMIN_KEY)  # /metrics needs the admin key
     if status != 200:
         return None
     found = _DECISIONS.findall(body.decode())

@@ -1,16 +1,21 @@
-"""Suite-wide fixtures: an isolated state dir, and real databases (SQLite file, PostgreSQL) per test."""
+"""Suite-wide fixtures: an isolated state dir, throwaway PostgreSQL/Redis/NATS servers (see tests/servers), and
+real databases (SQLite file, PostgreSQL) per test."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import pytest
 
 from tests.fakes import FakeEngine
-from tests.services import POSTGRES_ADMIN_URL, missing, reachable
+from tests.servers import MissingBinary, NatsServer, PostgresServer, RedisServer
+from tests.servers.process import ServerFailed
+
+S = TypeVar("S", PostgresServer, RedisServer, NatsServer)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -23,25 +28,59 @@ def _isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     mp.undo()
 
 
-async def _pg_admin() -> asyncpg.Connection:
-    dsn = POSTGRES_ADMIN_URL
-    if not reachable("127.0.0.1", 5432):
-        missing("PostgreSQL", "127.0.0.1:5432")
-    return await asyncpg.connect(dsn)
+def _serve(start: Callable[[], S]) -> Iterator[S]:
+    """Start a session's server, fail (never skip) with the reason if it cannot run, stop it by PID at the end."""
+    try:
+        server = start()
+    except (MissingBinary, ServerFailed) as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """This session's own PostgreSQL cluster (superuser `postgres`, trust auth, a free port)."""
+    yield from _serve(PostgresServer.start)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """This session's own Redis (nothing on disk, a free port)."""
+    yield from _serve(RedisServer.start)
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    """This session's own NATS with JetStream (a free port)."""
+    yield from _serve(NatsServer.start)
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    """The session Redis's URL; tests keep apart by key prefix."""
+    return redis_server.url()
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: NatsServer) -> str:
+    """The session NATS's URL; tests keep apart by stream name."""
+    return nats_server.url
 
 
 @pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
+async def pg_url(postgres_server: PostgresServer) -> AsyncIterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
     name = f"fg_test_{uuid.uuid4().hex[:12]}"
-    admin = await _pg_admin()
+    admin = await asyncpg.connect(postgres_server.admin_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    admin = await _pg_admin()
+    yield postgres_server.url(name)
+    admin = await asyncpg.connect(postgres_server.admin_url)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

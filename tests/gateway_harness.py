@@ -17,9 +17,7 @@ from fleetgate.app import Gateway, build_app, build_gateway, remote_replicas
 from fleetgate.config import Config, EngineEndpoint
 from fleetgate.fleet.replicas import ReplicaRegistry
 from fleetgate.stack import GatewayServer, bind_socket
-
-DEMO_KEY = "fg-demo-0123456789abcdef"
-ADMIN_KEY = "fg-admin-0123456789abcdef"
+from tests.keys import ADMIN_KEY, DEMO_KEY
 
 
 @dataclass
@@ -53,7 +51,14 @@ async def running_gateway(
     db_dir = tempfile.mkdtemp(prefix="fg-gw-")
     config = Config.model_validate(
         {
-            "gateway": {"port": 0, "health_interval": 0.2, **gateway_overrides},
+            "gateway": {
+                "port": 0,
+                "health_interval": 0.2,
+                "demo_api_key": DEMO_KEY,
+                "admin_api_key": ADMIN_KEY,
+                "expose_route_headers": True,  # the tests read which replica served
+                **gateway_overrides,
+            },
             "local": {"replicas": 0},
             "engines": [EngineEndpoint(url=u, id=f"engine-{i}").model_dump() for i, u in enumerate(engine_urls)],
             "database": {"url": f"sqlite:///{db_dir}/fleetgate.db"},
@@ -70,7 +75,9 @@ async def running_gateway(
     )
     gateway = build_gateway(config, ReplicaRegistry(remote_replicas(config.engines)))
     sock = bind_socket("127.0.0.1", 0)
-    server = GatewayServer(uvicorn_config(build_app(gateway), shutdown_grace=config.gateway.shutdown_grace))
+    server = GatewayServer(
+        uvicorn_config(build_app(gateway), shutdown_grace=config.gateway.shutdown_grace, limits=config.gateway)
+    )
     task = asyncio.create_task(server.serve(sockets=[sock]))
     for _ in range(200):
         if server.started:

@@ -66,15 +66,3 @@ def test_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[1] / "fleetgate.example.yaml"
     config = load_config(example, environ={})
     assert isinstance(config, Config)
-
-
-def test_adapter_price_falls_back_to_its_base_model() -> None:
-    from fleetgate.config import ModelPrice, PricesConfig
-
-    prices = PricesConfig(
-        models={"smollm2": ModelPrice(input=0.1, output=0.2), "smollm2:sql-lora": ModelPrice(input=0.3, output=0.6)}
-    )
-    assert prices.for_model("smollm2", "sql-lora").output == 0.6
-    assert prices.for_model("smollm2", "other-lora").output == 0.2  # unpriced adapters cost what their base costs
-    assert prices.for_model("smollm2").output == 0.2
-    assert prices.for_model("unknown", "x") == prices.default

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from fleetgate.errors import ConfigError
 from fleetgate.paths import default_state_dir
@@ -16,11 +16,20 @@ from fleetgate.paths import default_state_dir
 EngineKind = Literal["llamacpp", "vllm", "sglang", "openai"]
 
 DEFAULT_CONFIG_FILE = "fleetgate.yaml"
+# A key field set to this is filled at start from the generated key file (fleetgate.tenancy.bootstrap_keys).
+AUTO_KEY = "auto"
+MIN_KEY_LENGTH = 8
 ENV_PREFIX = "FLEETGATE_"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _key_or_auto(value: str | None) -> str | None:
+    if value is not None and value != AUTO_KEY and len(value) < MIN_KEY_LENGTH:
+        raise ValueError(f"must be `{AUTO_KEY}`, null or a key of at least {MIN_KEY_LENGTH} characters")
+    return value
 
 
 class GatewayConfig(_Strict):
@@ -29,11 +38,21 @@ class GatewayConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     demo_api_key: str | None = Field(
-        "fg-demo-0123456789abcdef", min_length=8, description="seeded as a key of the demo tenant; null = none"
+        AUTO_KEY,
+        description="seeded once as a key of the demo tenant; `auto` = a random key generated at first start and"
+        " kept in <state dir>/keys.json (0600); null = none",
     )
     admin_api_key: str | None = Field(
-        "fg-admin-0123456789abcdef", min_length=8, description="guards /admin; null disables the admin API"
+        AUTO_KEY,
+        description="guards /admin, the dashboard overview and /metrics; `auto` = generated like demo_api_key;"
+        " null disables the admin API",
     )
+    allow_public_demo_key: bool = Field(
+        False,
+        description="listen on a non-loopback host although a demo key is active or no admin key is set"
+        " (refused otherwise)",
+    )
+    _keys = field_validator("demo_api_key", "admin_api_key")(_key_or_auto)
     connect_timeout: float = Field(5.0, gt=0, description="seconds to open an upstream connection")
     first_byte_timeout: float = Field(120.0, gt=0, description="seconds until the engine sends its first byte")
     idle_timeout: float = Field(60.0, gt=0, description="seconds between two stream chunks before giving up")
@@ -41,6 +60,22 @@ class GatewayConfig(_Strict):
     shutdown_grace: float = Field(30.0, ge=0, description="seconds in-flight streams get after SIGTERM")
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
     health_interval: float = Field(2.0, gt=0, description="seconds between active health checks")
+    max_request_seconds: float = Field(
+        900.0, gt=0, description="a request (queue wait, generation, stream) is stopped after this long: 504"
+    )
+    max_choices: int = Field(8, ge=1, le=128, description="the most completions one request may ask for (`n`)")
+    expose_route_headers: bool = Field(
+        False, description="answer with x-fleetgate-replica/-route/-adapter-load (fleet topology) to every client"
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds a client has to complete a request's headers from their first byte (408)"
+    )
+    body_timeout: float = Field(30.0, gt=0, description="seconds a request body may stop arriving before a 408")
+    keepalive_timeout: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection is kept open")
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="bytes of request line and headers; a larger request head gets 431"
+    )
+    max_headers: int = Field(100, ge=16, description="header fields in one request; more get 431")
 
 
 class EngineEndpoint(_Strict):
@@ -51,13 +86,44 @@ class EngineEndpoint(_Strict):
     id: str | None = None
     models: list[str] = Field(default_factory=list, description="served model names; empty = ask /v1/models")
     gpu_type: str = "unknown"
+    api_key: SecretStr | None = Field(
+        None, description="sent as `Authorization: Bearer` on every call to this engine (vLLM --api-key)"
+    )
+    api_key_env: str | None = Field(None, description="the environment variable holding api_key (keeps it out of YAML)")
+    ca_file: Path | None = Field(
+        None, description="PEM CA bundle (or the engine's own certificate) trusted for https://, besides system CAs"
+    )
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        if "?" in value or "#" in value or "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError("must be scheme://host[:port][/path prefix], without credentials, query or fragment")
         return value.rstrip("/").removesuffix("/v1")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> EngineEndpoint:
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError("set api_key or api_key_env, not both")
+        return self
+
+    def bearer_key(self) -> str | None:
+        """The engine's API key, from api_key or the variable api_key_env names; ConfigError if that is unset."""
+        where = f"engine {self.id or self.url}"
+        if self.api_key is not None:
+            key = self.api_key.get_secret_value()
+        elif self.api_key_env is None:
+            return None
+        else:
+            key = os.environ.get(self.api_key_env, "")
+            if not key:
+                raise ConfigError(f"{where}: api_key_env names {self.api_key_env}, which is not set")
+        if not key.isascii() or not key.isprintable() or " " in key:
+            # It goes into a header line as it is: no spaces, control characters or non-ASCII (never echoed).
+            raise ConfigError(f"{where}: the API key must be printable ASCII without spaces")
+        return key
 
 
 class VllmLocalConfig(_Strict):
@@ -108,6 +174,12 @@ class DatabaseConfig(_Strict):
     """Where tenants, keys (and later the ledger) live."""
 
     url: str = Field(default_factory=lambda: f"sqlite:///{default_state_dir() / 'fleetgate.db'}")
+    # A database that accepts TCP but never answers must not stall authentication or key revocation.
+    connect_timeout: float = Field(5.0, gt=0, description="seconds to open a PostgreSQL connection")
+    statement_timeout: float = Field(
+        5.0, gt=0, description="seconds one PostgreSQL statement may take (migrations are exempt)"
+    )
+    pool_timeout: float = Field(5.0, gt=0, description="seconds to wait for a free pooled connection")
 
 
 class LimitsConfig(_Strict):
@@ -116,6 +188,15 @@ class LimitsConfig(_Strict):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     on_redis_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    lease_seconds: float = Field(
+        60.0,
+        ge=5,
+        description="a Redis concurrency slot expires this long after its holder stopped renewing it (crash, lost"
+        " settle); renewed every third of it while the request runs",
+    )
+    settle_queue: int = Field(
+        10_000, ge=0, description="settles that failed while Redis was down, retried when it is back"
+    )
 
 
 class TenancyConfig(_Strict):
@@ -134,19 +215,31 @@ class ModelPrice(_Strict):
 
 
 class PricesConfig(_Strict):
-    """The price book the fast budget counter uses (rating of the ledger is separate and versioned)."""
+    """The initial price book: stored as version 1 when the ledger holds none. Budgets and invoices both use the
+    versioned books in the ledger (`fleetgate usage prices set`); editing this section later changes nothing."""
 
-    currency: str = "USD"
-    default: ModelPrice = Field(default_factory=lambda: ModelPrice())
+    currency: str = Field("USD", pattern=r"^[A-Z]{3,8}$")
+    default: ModelPrice = Field(
+        default_factory=lambda: ModelPrice(), description='price of any other model ("*"); only when set'
+    )
     models: dict[str, ModelPrice] = Field(
         default_factory=lambda: {"smollm2": ModelPrice(input=0.10, cached_input=0.05, output=0.20)}
     )
+    policy: Literal["per_token", "no_cache_discount"] = Field(
+        "per_token", description="rating policy of budgets and of `fleetgate usage` (no_cache_discount: cached = input)"
+    )
+    refresh_interval: float = Field(
+        1.0, gt=0, le=60, description="seconds between the gateway's checks for a new price book version"
+    )
 
-    def for_model(self, model: str, adapter: str | None = None) -> ModelPrice:
-        """The price of a model (`base:adapter` first when an adapter is named), or the default."""
-        if adapter is not None and (own := self.models.get(f"{model}:{adapter}")) is not None:
-            return own
-        return self.models.get(model, self.default)
+    @model_validator(mode="after")
+    def _whole_micros(self) -> PricesConfig:
+        for name, price in [("default", self.default), *self.models.items()]:
+            for field_name in ("input", "cached_input", "output"):
+                value = getattr(price, field_name)
+                if round(value, 6) != value:
+                    raise ValueError(f"{name}.{field_name}: {value} has more than 6 decimals")
+        return self
 
 
 class NatsSinkConfig(_Strict):
@@ -176,6 +269,31 @@ class MeteringConfig(_Strict):
         description="a flusher pass with at least this many new outbox bytes (~150 requests) inserts into a SQLite"
         " ledger from a worker process, off the gateway's event loop; null keeps every insert in the gateway",
     )
+    outbox_max_bytes: int | None = Field(
+        1 << 30,
+        ge=64 * 1024,
+        description="disk budget of the outbox's segments; past it new requests get 503 (Retry-After) while"
+        " requests in flight still finish and are billed; null = no budget",
+    )
+    outbox_min_free_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="free space the outbox's filesystem must keep (checked at most every 100 ms); below it new"
+        " requests get 503 (Retry-After); the headroom lets finishes and dead letters still be written; 0 = off",
+    )
+    sink_max_backlog_bytes: int | None = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="outbox bytes a sink (NATS) may lag behind; past it its oldest events that the ledger already"
+        " has move to <outbox>/dead-letter/<sink>.jsonl so their segments can be freed; keep it below"
+        " outbox_max_bytes; null = never",
+    )
+    dead_letter_max_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="bound of the <outbox>/dead-letter folder (poison records, sink backlog); past it records are"
+        " dropped, counted and logged",
+    )
     nats: NatsSinkConfig | None = None
 
 
@@ -186,6 +304,8 @@ class IOLogConfig(_Strict):
     redact_emails: bool = True
     redact_phones: bool = True
     redact_api_keys: bool = True
+    redact_cards: bool = Field(True, description="payment card numbers (13-19 digits, Luhn-checked, known issuers)")
+    redact_national_ids: bool = Field(True, description="US social security and UK national insurance numbers")
     patterns: list[str] = Field(default_factory=list, description="more regexes whose matches are redacted")
     default_retention_days: float = Field(30.0, gt=0)
     sweep_interval: float = Field(3600.0, gt=0, description="seconds between retention sweeps")
@@ -270,6 +390,12 @@ class ObservabilityConfig(_Strict):
     """Metrics settings."""
 
     max_tenant_labels: int = Field(100, ge=1, description="distinct tenant label values before `other`")
+    metrics_token: str | None = Field(
+        None,
+        min_length=16,
+        description="a bearer token that may read /metrics (Prometheus `authorization: credentials`); the admin key"
+        " may too; null = only the admin key",
+    )
 
 
 class Config(_Strict):

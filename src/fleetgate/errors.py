@@ -9,6 +9,8 @@ class ErrorCode(StrEnum):
     """The closed set of error codes a client or operator can see."""
 
     INVALID_REQUEST = "invalid_request"
+    REQUEST_TIMEOUT = "request_timeout"
+    HEADERS_TOO_LARGE = "headers_too_large"
     INVALID_API_KEY = "invalid_api_key"
     PERMISSION_DENIED = "permission_denied"
     MODEL_NOT_FOUND = "model_not_found"

@@ -23,6 +23,8 @@ from fleetgate.fleet.local.launcher import ReplicaLauncher
 from fleetgate.fleet.local.rundir import ProcRecord, RunDir, RunState
 from fleetgate.fleet.local.supervisor import Supervisor
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
+from fleetgate.paths import ensure_state_dir, private_dir
+from fleetgate.tenancy.bootstrap_keys import check_public_bind
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,9 @@ async def run_stack(
 ) -> None:
     """Start replicas (one supervisor per launcher) and the gateway, serve until SIGINT/SIGTERM, then stop all."""
     check_not_running(run_dir)
+    check_public_bind(config.gateway)
+    ensure_state_dir()
+    private_dir(run_dir.path, tighten_existing=True)  # PIDs, replica logs: this user's only
     sock = bind_socket(config.gateway.host, config.gateway.port)
     host, port = sock.getsockname()[:2]
     state = RunState(
@@ -118,7 +123,9 @@ async def run_stack(
                 for replica in started:
                     registry.add(replica)
         gateway = build_gateway(config, registry)
-        server = GatewayServer(uvicorn_config(build_app(gateway), shutdown_grace=config.gateway.shutdown_grace))
+        server = GatewayServer(
+            uvicorn_config(build_app(gateway), shutdown_grace=config.gateway.shutdown_grace, limits=config.gateway)
+        )
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
             if serving.done():

@@ -33,7 +33,7 @@ class _Caller:
     tenant: _Tenant
 
 
-async def _authenticate(authorization: bytes | None) -> _Caller:
+async def _authenticate(authorization: bytes | None, *, client: str | None = None) -> _Caller:
     """A stub of TenantAuthenticator.authenticate: `Bearer <key>` from KEYS, else 401."""
     scheme, _, token = (authorization or b"").decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or token not in KEYS:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 
 from tests.fakes import FakeEngine
 from tests.gateway_harness import RunningGateway, running_gateway
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -44,7 +44,11 @@ async def test_opted_in_tenant_is_logged_redacted_and_private(gw: RunningGateway
                 assert resp.status == 200
                 await resp.read()
                 ids[name] = resp.headers["x-request-id"]
-        await asyncio.sleep(0.5)  # the writer is asynchronous by design
+
+        async def written() -> bool:  # the writer is asynchronous by design
+            return bool((await (await http.get(f"{gw.url}/v1/logs", headers=logged)).json())["data"])
+
+        await wait_until(written, what="the I/O log writer to store the record")
         page = await (await http.get(f"{gw.url}/v1/logs", headers=logged)).json()
         assert [r["request_id"] for r in page["data"]] == [ids["logged"]]
         record = page["data"][0]

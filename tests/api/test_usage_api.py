@@ -92,18 +92,19 @@ async def env(db_url: str) -> AsyncIterator[Env]:
         key, info = await store.create_key(name)
         principals[key], keys[name], ids[f"tid-{name}"] = Principal(info, tenant), key, tenant.id
 
-    async def authenticate(header: bytes | None) -> Principal:
+    async def authenticate(header: bytes | None, *, client: str | None = None) -> Principal:
         # A stub of TenantAuthenticator.authenticate: same header parsing, keys looked up in a dict.
         principal = principals.get(bearer_token(header))
         if principal is None:
             raise AuthenticationFailed("invalid API key: check the key you were given")
         return principal
 
+    # A book is in force from its creation: create them first, then today's event (rated with the newest, v2).
+    await rating.create_book(PriceBookSpec.model_validate(BOOK1))
+    await rating.create_book(PriceBookSpec.model_validate(BOOK2))
     now = datetime.now(UTC).timestamp()
     today = replace(E1, event_id="e-today", started_at=now, ended_at=now + 2)
     await ledger.insert([replace(e, tenant_id=ids[e.tenant_id]) for e in (E1, E2, E3, today)])
-    await rating.create_book(PriceBookSpec.model_validate(BOOK1))
-    await rating.create_book(PriceBookSpec.model_validate(BOOK2))
     v1 = Starlette(routes=usage_routes(ledger, rating, authenticate))
     async with serve(v1) as v1_url, serve(admin_app(ledger, rating)) as admin_url, aiohttp.ClientSession() as http:
         yield Env(v1_url, admin_url, keys, http)

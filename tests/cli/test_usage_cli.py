@@ -172,22 +172,27 @@ async def _run_async(env: dict[str, str], *args: str) -> tuple[int, str, str]:
 async def test_reconcile_reads_replicas_from_the_run_dir(env: dict[str, str], engine_url: str) -> None:
     # This test process stands in for a replica: its start time is when "its counters began".
     replica = ProcRecord.of(os.getpid(), "replica", port=0, url=engine_url, id="local-0")
-    RunDir(Path(env["FLEETGATE_RUN_DIR"])).write(
-        RunState(status="running", replicas=[replica], engines=["http://127.0.0.1:9"])
+    run_dir = RunDir(Path(env["FLEETGATE_RUN_DIR"]))
+    run_dir.write(RunState(status="running", replicas=[replica], engines=["http://127.0.0.1:9"]))
+    # An --engine URL is reconciled too (its kind read from the engine): one nobody answers on is an error, exit 1.
+    code, out, err = await _run_async(
+        env, "usage", "reconcile", "--since", "2026-11-01T00:00:00", "--json", "--max-drift", "0"
     )
+    assert code == 1, err + out
+    unreachable = [d for d in json.loads(out)["replicas"] if d["url"] == "http://127.0.0.1:9"]
+    assert len(unreachable) == 1 and unreachable[0]["error"]
+    run_dir.write(RunState(status="running", replicas=[replica], engines=[]))
     code, out, err = await _run_async(
         env, "usage", "reconcile", "--since", "2026-11-01T00:00:00", "--json", "--max-drift", "0"
     )
     assert code == 0, err + out
-    result = json.loads(out)
-    (drift,) = result["replicas"]
+    (drift,) = json.loads(out)["replicas"]
     assert (drift["replica_id"], drift["requests"], drift["prompt_drift"], drift["completion_drift"]) == (
         "local-0",
         3,
         0,
         0,
     )
-    assert result["skipped"] == ["engine-0 (http://127.0.0.1:9): kind openai has no token counters"]
     # Without --since each replica counts from its own start: the seeded events came before it, so all differ.
     code, out, err = await _run_async(env, "usage", "reconcile", "--json", "--max-drift", "5")
     (drift,) = json.loads(out)["replicas"]

@@ -16,9 +16,10 @@ import pytest
 from fleetgate.fleet.local.build import cached_build
 from fleetgate.fleet.local.rundir import proc_start_time
 from tests.fakes import free_port
+from tests.keys import DEMO_KEY as DEMO_KEY  # e2e modules import it from here
+from tests.keys import KEY_ENV
 
 FLEETGATE = [sys.executable, "-m", "fleetgate.cli.main"]
-DEMO_KEY = "fg-demo-0123456789abcdef"
 
 
 @dataclass
@@ -61,7 +62,7 @@ def require_engine() -> None:
 def start_stack(tmp: Path, *args: str, env_extra: dict[str, str] | None = None, timeout: float = 300) -> Stack:
     """Start a detached stack with its own run dir; fail with its log if it does not come up."""
     run_dir = tmp / "run"
-    env = {**os.environ, "FLEETGATE_RUN_DIR": str(run_dir), **(env_extra or {})}
+    env = {**os.environ, "FLEETGATE_RUN_DIR": str(run_dir), **KEY_ENV, **(env_extra or {})}
     port = free_port()
     proc = subprocess.run(
         [*FLEETGATE, "up", "--detach", "--json", "--port", str(port), "--no-self-test", *args],

@@ -28,11 +28,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import FLEETGATE
 from tests.fakes import free_port
+from tests.keys import ADMIN_KEY, DEMO_KEY, KEY_ENV
 
 SIM = [sys.executable, "-m", "fleetgate.cli.sim"]
-ADMIN_KEY = "fg-admin-0123456789abcdef"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-DEMO = {"Authorization": "Bearer fg-demo-0123456789abcdef"}  # the demo tenant's key, seeded at start
+DEMO = {"Authorization": f"Bearer {DEMO_KEY}"}  # the demo tenant's key, seeded at start
 
 
 def get(url: str, timeout: float = 2.0) -> tuple[int | None, bytes]:
@@ -127,7 +127,7 @@ def gateway(tmp: Path, config: dict[str, Any], env_extra: dict[str, str] | None 
     path.write_text(yaml.safe_dump(config))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_") or "__" not in k}
-    env.update({"FLEETGATE_STATE_DIR": str(tmp), "FLEETGATE_RUN_DIR": str(tmp / "run"), **(env_extra or {})})
+    env.update({"FLEETGATE_STATE_DIR": str(tmp), "FLEETGATE_RUN_DIR": str(tmp / "run"), **KEY_ENV, **(env_extra or {})})
     log = tmp / "gateway.log"
     proc = spawn([*FLEETGATE, "up", "--config", str(path), "--port", str(port), "--no-self-test"], log, env)
     url = f"http://127.0.0.1:{port}"

@@ -27,10 +27,11 @@ import pytest
 from tests.e2e.conftest import FLEETGATE
 from tests.e2e.sim_fleet import spawn, stop, wait_ready
 from tests.fakes import free_port
+from tests.keys import ADMIN_KEY, KEY_ENV
 
 pytestmark = pytest.mark.e2e
 
-ADMIN = {"Authorization": "Bearer fg-admin-0123456789abcdef"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 SIM = [sys.executable, "-m", "fleetgate.cli.sim"]
 REPLICAS = 2
 SLOTS = 2  # the simulator's --max-num-seqs, and the gateway's max in flight per replica
@@ -92,6 +93,7 @@ def _gateway(tmp: Path, engines: list[str]) -> Iterator[str]:
         **os.environ,
         "FLEETGATE_STATE_DIR": str(tmp),
         "FLEETGATE_RUN_DIR": str(tmp / "run"),
+        **KEY_ENV,
         "FLEETGATE_ADMISSION__MAX_IN_FLIGHT_PER_REPLICA": str(SLOTS),
         "FLEETGATE_ADMISSION__MAX_QUEUE": str(MAX_QUEUE),
         "FLEETGATE_ADMISSION__QUEUE_TIMEOUT": "{interactive: 5, standard: 5, batch: 5}",
@@ -138,7 +140,7 @@ async def _call(http: aiohttp.ClientSession, url: str, headers: dict[str, str], 
 
 async def _metrics(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
     """The gateway's /metrics, summed per metric name (labels dropped)."""
-    async with http.get(f"{url}/metrics") as resp:
+    async with http.get(f"{url}/metrics", headers=ADMIN) as resp:
         text = await resp.text()
     sums: dict[str, float] = {}
     for line in text.splitlines():
@@ -150,7 +152,7 @@ async def _metrics(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
 
 async def _shed_rejections(http: aiohttp.ClientSession, url: str) -> float:
     """fleetgate_limit_rejections_total for admission's reasons (queue_full, evicted, deadline, kv_pressure)."""
-    async with http.get(f"{url}/metrics") as resp:
+    async with http.get(f"{url}/metrics", headers=ADMIN) as resp:
         text = await resp.text()
     return sum(
         float(line.rsplit(" ", 1)[1])

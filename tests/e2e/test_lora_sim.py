@@ -98,7 +98,7 @@ async def test_each_tenant_sees_and_uses_only_its_adapters(
     assert listed == {"smollm2": None, "a1": "smollm2", "a2": "smollm2"}
     loads = fleet.adapter_loads()
     status, body, _ = await _chat(http, fleet.url, keys["beta"], "a1")
-    assert status == 403 and "not allowed for tenant 'beta'" in body["error"]["message"]
+    assert status == 404 and "a1" in body["error"]["message"] and "a2" not in body["error"]["message"]
     status, body, _ = await _chat(http, fleet.url, keys["beta"], "smollm2:nope")
     assert status == 404 and body["error"]["param"] == "model"
     assert fleet.adapter_loads() == loads  # a refused adapter is never loaded

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import DEMO_KEY, FLEETGATE
+from tests.e2e.conftest import DEMO_KEY, FLEETGATE, KEY_ENV
 from tests.fakes import FakeEngine, free_port
 
 pytestmark = pytest.mark.e2e
@@ -39,6 +39,7 @@ class Harness:
             **os.environ,
             "FLEETGATE_STATE_DIR": str(tmp / "state"),
             "FLEETGATE_METERING__FLUSH_INTERVAL": "0.3",
+            **KEY_ENV,
         }
         self.procs: list[subprocess.Popen[bytes]] = []
         self.starts = 0

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -14,8 +14,9 @@ import pytest
 
 from tests.fakes import FakeEngine
 from tests.gateway_harness import RunningGateway, running_gateway
-from tests.services import missing, reachable
+from tests.servers import PostgresServer
 from tests.tcp_proxy import TcpProxy
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 BODY = {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
@@ -47,25 +48,32 @@ async def _pg_ids(dsn: str) -> set[str]:
 
 
 async def _eventually(check: Any, timeout: float = 25.0) -> bool:
-    for _ in range(int(timeout / 0.25)):
-        if await check():
-            return True
-        await asyncio.sleep(0.25)
-    return False
+    try:
+        await wait_until(check, timeout=timeout, interval=0.25)
+    except TimeoutError:
+        return False
+    return True
 
 
-async def test_postgres_ledger_outage(engine: FakeEngine, pg_url: str) -> None:
-    proxy = TcpProxy("127.0.0.1", 5432)
+async def _failed_delivery(gw: RunningGateway, consumer: str) -> None:
+    """Wait until the flusher has tried and failed to deliver to `consumer` since now (the outage is seen)."""
+    (state,) = [c for c in gw.gateway.flusher.consumers if c.name == consumer]
+    seen = state.failures
+    await wait_until(lambda: state.failures > seen, timeout=30, what=f"a failed delivery to {consumer}")
+
+
+async def test_postgres_ledger_outage(engine: FakeEngine, pg_url: str, postgres_server: PostgresServer) -> None:
+    proxy = TcpProxy("127.0.0.1", postgres_server.port)
     await proxy.up()
     direct = pg_url.replace("postgresql://", "postgres://")
-    via_proxy = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    via_proxy = pg_url.replace(f"127.0.0.1:{postgres_server.port}", f"127.0.0.1:{proxy.port}")
     try:
         async with running_gateway([engine.url], metering={"ledger_url": via_proxy}) as gw:
             before = await _requests(gw, 3)
             assert await _eventually(lambda: _has(direct, before)), "events did not reach the ledger"
             await proxy.down()
             during = await _requests(gw, 5, stream=True)
-            await asyncio.sleep(1.0)
+            await _failed_delivery(gw, "ledger")
             assert not (set(during) & await _pg_ids(direct))  # really down: nothing got through
             await proxy.up()
             assert await _eventually(lambda: _has(direct, during)), "events did not land after the outage"
@@ -78,21 +86,21 @@ async def _has(dsn: str, ids: list[str]) -> bool:
     return set(ids) <= await _pg_ids(dsn)
 
 
-async def test_nats_sink_outage(engine: FakeEngine) -> None:
-    if not reachable("127.0.0.1", 4222):
-        missing("NATS", "127.0.0.1:4222")
-    proxy = TcpProxy("127.0.0.1", 4222)
+async def test_nats_sink_outage(engine: FakeEngine, nats_url: str) -> None:
+    target = urlsplit(nats_url)
+    assert target.hostname is not None and target.port is not None
+    proxy = TcpProxy(target.hostname, target.port)
     await proxy.up()
     name = f"FGTEST_{uuid.uuid4().hex[:8].upper()}"
     subject = f"fgtest.{name.lower()}"
     nats_cfg = {"url": f"nats://127.0.0.1:{proxy.port}", "stream": name, "subject": subject}
-    admin = await nats.connect("nats://127.0.0.1:4222")
+    admin = await nats.connect(nats_url)
     js = admin.jetstream()
     try:
         async with running_gateway([engine.url], metering={"nats": nats_cfg}) as gw:
             await proxy.down()
             ids = await _requests(gw, 5)
-            await asyncio.sleep(1.0)
+            await _failed_delivery(gw, "nats")
             await proxy.up()
 
             async def arrived() -> bool:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,6 +14,8 @@ import pytest
 
 from tests.e2e.checks import ROUTING_SYSTEM, ask, check_prefix_locality_and_tenant_isolation, client, tenant_key
 from tests.e2e.conftest import Stack, require_engine, start_stack, stop_stack
+from tests.keys import ADMIN_KEY
+from tests.waiting import wait_until_sync
 
 pytestmark = pytest.mark.e2e
 
@@ -84,7 +87,7 @@ def test_failover_and_readmission(score_stack: Stack) -> None:
         time.sleep(0.5)
     else:
         pytest.fail("the killed replica did not come back within 90 s")
-    time.sleep(2.5)  # one health-check interval, so the gateway sees it healthy again
+    wait_until_sync(lambda: _gateway_sees_all_healthy(score_stack), timeout=30, what="the gateway to see both healthy")
     # Concurrent requests with unrelated prompts: load-aware tie-breaking uses both replicas again.
     with ThreadPoolExecutor(4) as pool:
         seen = set()
@@ -92,3 +95,10 @@ def test_failover_and_readmission(score_stack: Stack) -> None:
         for batch in (prompts[0:4], prompts[4:8], prompts[8:12]):
             seen |= {r for r, _, _, _ in pool.map(lambda p: ask(score_stack, key, p, "Hi."), batch)}
     assert seen == {"local-0", "local-1"}
+
+
+def _gateway_sees_all_healthy(stack: Stack) -> bool:
+    """The gateway's own view of its replicas (not a probe of the engines), from its admin API."""
+    request = urllib.request.Request(f"{stack.url}/admin/fleet", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return all(r["healthy"] for r in json.loads(resp.read()))

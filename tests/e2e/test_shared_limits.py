@@ -1,4 +1,4 @@
-"""Two gateway processes sharing Redis (127.0.0.1:6379) enforce one tenant's limits together."""
+"""Two gateway processes sharing one Redis (the session's own) enforce one tenant's limits together."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 
 from tests.e2e.conftest import FLEETGATE
 from tests.fakes import FakeEngine, free_port
-from tests.services import missing, reachable
+from tests.keys import ADMIN_KEY, KEY_ENV
 
 pytestmark = pytest.mark.e2e
-ADMIN = {"Authorization": "Bearer fg-admin-0123456789abcdef"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 async def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -37,9 +37,7 @@ async def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> Non
 
 
 @pytest.fixture
-async def two_gateways(tmp_path: Path) -> AsyncIterator[tuple[list[str], FakeEngine]]:
-    if not reachable("127.0.0.1", 6379):
-        missing("Redis", "127.0.0.1:6379")
+async def two_gateways(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[list[str], FakeEngine]]:
     engine = FakeEngine(model="smollm2")
     await engine.start()
     procs: list[subprocess.Popen[bytes]] = []
@@ -50,8 +48,10 @@ async def two_gateways(tmp_path: Path) -> AsyncIterator[tuple[list[str], FakeEng
             env = {
                 **os.environ,
                 "FLEETGATE_RUN_DIR": str(tmp_path / f"run{index}"),
+                **KEY_ENV,
                 "FLEETGATE_DATABASE__URL": f"sqlite:///{tmp_path / 'shared.db'}",
                 "FLEETGATE_LIMITS__BACKEND": "redis",
+                "FLEETGATE_LIMITS__REDIS_URL": redis_url,
                 "FLEETGATE_LIMITS__ON_REDIS_ERROR": "fail_closed",
                 "FLEETGATE_TENANCY__POLL_INTERVAL": "0.2",
             }

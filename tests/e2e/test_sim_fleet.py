@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.sim_fleet import DEMO, gateway, gateway_config, sample, sim_engines
+from tests.e2e.sim_fleet import ADMIN, DEMO, gateway, gateway_config, sample, sim_engines
 
 pytestmark = pytest.mark.e2e
 
@@ -88,8 +88,8 @@ async def _chat(http: aiohttp.ClientSession, url: str) -> Answer:
             )
 
 
-async def _text(http: aiohttp.ClientSession, url: str) -> str:
-    async with asyncio.timeout(CALL_TIMEOUT), http.get(url) as resp:
+async def _text(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> str:
+    async with asyncio.timeout(CALL_TIMEOUT), http.get(url, headers=headers) as resp:
         assert resp.status == 200, url
         return await resp.text()
 
@@ -158,7 +158,7 @@ async def test_gateway_shows_the_engines_vllm_metrics(fleet: Fleet) -> None:
 
         async def gateway_agrees() -> dict[str, float] | None:
             engine = await _text(http, f"{hot}/metrics")
-            ours = await _text(http, f"{fleet.url}/metrics")
+            ours = await _text(http, f"{fleet.url}/metrics", ADMIN)
             want = {
                 "running": sample(engine, "vllm:num_requests_running"),
                 "waiting": sample(engine, "vllm:num_requests_waiting"),
@@ -191,7 +191,7 @@ async def test_gateway_shows_the_engines_vllm_metrics(fleet: Fleet) -> None:
         # the running two share the 800-token prompt's blocks: 784 of the 1,600 prompt tokens queried were hits
         assert seen["gw_kv"] >= 50 / KV_BLOCKS and seen["gw_hits"] == pytest.approx(784 / 1600), seen
         assert state["kv_blocks_total"] == KV_BLOCKS
-        ours = await _text(http, f"{fleet.url}/metrics")
+        ours = await _text(http, f"{fleet.url}/metrics", ADMIN)
         for idle in ("sim-1", "sim-2"):  # the other replicas are scraped too, and idle
             assert sample(ours, "fleetgate_engine_requests_running", replica=idle) == 0
             assert sample(ours, "fleetgate_engine_kv_pressure", replica=idle) == 0
@@ -220,7 +220,7 @@ async def test_score_policy_keeps_new_traffic_off_the_replica_whose_kv_is_full(f
             await stack.enter_async_context(_holds(http, engine, [16], max_tokens=1600))
 
         async def pressures() -> dict[str, float] | None:
-            text = await _text(http, f"{fleet.url}/metrics")
+            text = await _text(http, f"{fleet.url}/metrics", ADMIN)
             kv = {r: sample(text, "fleetgate_engine_kv_pressure", replica=r) for r in ("sim-0", "sim-1", "sim-2")}
             running = [sample(text, "fleetgate_engine_requests_running", replica=r) for r in kv]
             ok = running == [1, 1, 1] and (kv["sim-2"] or 0) > 0.5 and max(kv["sim-0"] or 1, kv["sim-1"] or 1) < 0.2
@@ -242,7 +242,7 @@ async def test_score_policy_keeps_new_traffic_off_the_replica_whose_kv_is_full(f
 
 
 async def _breaker(http: aiohttp.ClientSession, url: str, replica: str) -> float | None:
-    return sample(await _text(http, f"{url}/metrics"), "fleetgate_replica_breaker_state", replica=replica)
+    return sample(await _text(http, f"{url}/metrics", ADMIN), "fleetgate_replica_breaker_state", replica=replica)
 
 
 async def test_injected_errors_open_the_breaker_and_the_probe_closes_it(fleet: Fleet) -> None:

@@ -29,10 +29,11 @@ from tests.e2e.checks import (
     tenant_key,
 )
 from tests.e2e.conftest import Stack, require_vllm, start_stack, stop_stack
+from tests.keys import ADMIN_KEY
 
 pytestmark = pytest.mark.e2e
 
-ADMIN = {"Authorization": "Bearer fg-admin-0123456789abcdef"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 BLOCK = 128  # vLLM's CPU backend caches prefixes in whole blocks of 128 tokens
 
 
@@ -47,8 +48,9 @@ def vllm_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stop_stack(stack)
 
 
-def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as resp:
+def _get(url: str, headers: dict[str, str] | None = None) -> bytes:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as resp:
         body: bytes = resp.read()
         return body
 
@@ -89,7 +91,7 @@ def test_score_routing_prefix_locality_and_tenant_isolation(vllm_stack: Stack) -
 
 
 def test_vllm_metrics_are_scraped(vllm_stack: Stack) -> None:
-    text = _get(f"{vllm_stack.url}/metrics").decode()
+    text = _get(f"{vllm_stack.url}/metrics", ADMIN).decode()  # the gateway's /metrics needs the admin key
     for replica in ("vllm-0", "vllm-1"):
         # KV pressure comes from vLLM's own gauge (vllm:kv_cache_usage_perc), fresh from the last scrape.
         assert f'fleetgate_engine_kv_pressure{{replica="{replica}"}}' in text, text[-2000:]

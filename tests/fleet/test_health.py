@@ -40,9 +40,13 @@ async def engine() -> AsyncIterator[TestServer]:
     async def health(request: web.Request) -> web.Response:
         return web.Response()
 
+    async def chat(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "not JSON"}}, status=400)  # what the route probe gets
+
     app = web.Application()
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
+    app.router.add_post("/v1/chat/completions", chat)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     yield server

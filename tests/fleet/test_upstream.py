@@ -112,7 +112,7 @@ async def test_idle_connection_closed_by_engine_is_not_used_again() -> None:
         await _fetch(pool, url)
         assert pool.idle_connections() == 1
         # llama-server closes idle keep-alive connections: simulate it from our side of the socket.
-        conn = pool._idle[("127.0.0.1", int(url.rsplit(":", 1)[1]))][0]
+        conn = pool._idle[("127.0.0.1", int(url.rsplit(":", 1)[1]), False)][0]
         assert conn.transport is not None
         conn.transport.close()
         await asyncio.sleep(0.05)
@@ -333,7 +333,8 @@ def test_pool_works_on_uvloop() -> None:
         runner.run(exchange())
 
 
-def test_only_plain_http_urls() -> None:
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1:1", "http://user@127.0.0.1:1", "http://127.0.0.1:1/?a=b", "http://"])
+def test_only_http_and_https_base_urls(url: str) -> None:
     pool = UpstreamPool(connect_timeout=1, idle_timeout=1)
-    with pytest.raises(ValueError, match="http://host"):
-        asyncio.run(pool.post("https://127.0.0.1:1", "/x", b"{}", 5))
+    with pytest.raises(ValueError, match=r"http\(s\)://host\[:port\]\[/path prefix\]"):
+        asyncio.run(pool.post(url, "/x", b"{}", 5))

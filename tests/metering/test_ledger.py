@@ -81,9 +81,12 @@ async def test_overlapping_batches_add_only_new_rows(ledger: SqlLedger) -> None:
     assert await ledger.insert([ev(2), ev(3), ev(4), ev(5, status="gateway_lost")]) == 2
     assert await ledger.insert([ev(5), ev(1)]) == 0
     row = only(await ledger.daily())
-    # 5 events: prompts 101..105 = 515, cached 1..5 = 15, completions 11..15 = 65.
-    assert (row.requests, row.prompt_tokens, row.cached_tokens, row.completion_tokens) == (5, 515, 15, 65)
+    # 5 events; the roll-up's tokens are the billable ones, so the gateway_lost event (5) is not in them:
+    # prompts 101..104 = 410, cached 1..4 = 10, completions 11..14 = 50.
+    assert (row.requests, row.prompt_tokens, row.cached_tokens, row.completion_tokens) == (5, 410, 10, 50)
     assert (row.ok, row.lost) == (4, 1)
+    lost = await ledger.get(ev(5).event_id)
+    assert lost is not None and lost.prompt_tokens == 105  # the event keeps what the engine did (reconcile reads it)
 
 
 async def test_duplicate_ids_inside_one_call(ledger: SqlLedger) -> None:

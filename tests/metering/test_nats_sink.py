@@ -1,4 +1,4 @@
-"""NatsSink against the real NATS JetStream server at 127.0.0.1:4222: de-duplication, round trip, fast failure."""
+"""NatsSink against a real NATS JetStream server (the session's own): de-duplication, round trip, fast failure."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit
 
 import nats
 import nats.js.errors
@@ -21,10 +22,12 @@ from fleetgate.metering.events import UsageEvent
 from fleetgate.metering.sinks import SinkError
 from fleetgate.metering.sinks.nats import NatsSink
 from tests.fakes import free_port
-from tests.services import missing, reachable
+from tests.waiting import wait_until
 
-NATS_HOST, NATS_PORT = "127.0.0.1", 4222
-FAST = 2.0  # seconds within which a sink that cannot reach NATS must give up
+# A sink that cannot reach NATS gives up by its own timeouts: connect (1 s) or ack (2 s), then closing the dead
+# connection (1 s). The rest is slack for a loaded 2-core machine; what this guards against is nats-py's own
+# reconnect loop, which would wait for minutes.
+FAST = 1.0 + 2.0 + 1.0 + 5.0
 
 
 def _events(n: int, tenant: str = "t-1") -> list[UsageEvent]:
@@ -55,11 +58,9 @@ def _events(n: int, tenant: str = "t-1") -> list[UsageEvent]:
 
 
 @pytest.fixture
-async def admin() -> AsyncIterator[JetStreamContext]:
+async def admin(nats_url: str) -> AsyncIterator[JetStreamContext]:
     """A plain JetStream client to inspect and clean up streams."""
-    if not reachable(NATS_HOST, NATS_PORT):
-        missing("NATS", f"{NATS_HOST}:{NATS_PORT}")
-    nc = await nats.connect(f"nats://{NATS_HOST}:{NATS_PORT}", connect_timeout=2, allow_reconnect=False)
+    nc = await nats.connect(nats_url, connect_timeout=2, allow_reconnect=False)
     try:
         yield nc.jetstream(timeout=5)
     finally:
@@ -67,11 +68,11 @@ async def admin() -> AsyncIterator[JetStreamContext]:
 
 
 @pytest.fixture
-async def config(admin: JetStreamContext) -> AsyncIterator[NatsSinkConfig]:
+async def config(admin: JetStreamContext, nats_url: str) -> AsyncIterator[NatsSinkConfig]:
     """A unique stream and subject for one test; the stream is deleted afterwards."""
     tag = uuid.uuid4().hex[:12]
     cfg = NatsSinkConfig(
-        url=f"nats://{NATS_HOST}:{NATS_PORT}",
+        url=nats_url,
         stream=f"FG_TEST_{tag}",
         subject=f"fgtest.{tag}.usage",
         duplicate_window=120.0,
@@ -115,10 +116,16 @@ def _silent_server() -> Iterator[str]:
         yield f"nats://127.0.0.1:{sock.getsockname()[1]}"
 
 
+def _disconnected(sink: NatsSink) -> bool:
+    """The sink holds no live connection (it will reconnect on its next publish)."""
+    return sink._nc is None or not sink._nc.is_connected
+
+
 class _Proxy:
     """A TCP relay on 127.0.0.1 in front of NATS that the test can stop (dropping connections) and start again."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: str) -> None:
+        self.target = urlsplit(target)
         self.port = free_port()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -140,7 +147,7 @@ class _Proxy:
         self._server = None
 
     async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection(NATS_HOST, NATS_PORT)
+        server_r, server_w = await asyncio.open_connection(self.target.hostname, self.target.port)
         self._writers |= {client_w, server_w}
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -255,7 +262,7 @@ async def test_close_then_publish_reconnects(sink: NatsSink, config: NatsSinkCon
 
 
 async def test_recovers_after_outage_and_dropped_connection(config: NatsSinkConfig, admin: JetStreamContext) -> None:
-    proxy = _Proxy()
+    proxy = _Proxy(config.url)
     sink = NatsSink(config.model_copy(update={"url": proxy.url}))
     early, middle, late = _events(4), _events(4), _events(4)
     try:
@@ -269,7 +276,7 @@ async def test_recovers_after_outage_and_dropped_connection(config: NatsSinkConf
 
         # The live connection is dropped: publishing fails fast while NATS is away, then reconnects by itself.
         await proxy.stop()
-        await asyncio.sleep(0.2)  # let the client read the EOF
+        await wait_until(lambda: _disconnected(sink), what="the sink's client to read the EOF")
         started = time.monotonic()
         with pytest.raises(SinkError):
             await sink.publish(middle)

@@ -16,6 +16,7 @@ from fleetgate.db.schema import price_books, usage_daily, usage_events
 from fleetgate.errors import InvalidRequest, NotFound
 from fleetgate.metering.events import UsageEvent
 from fleetgate.metering.ledger import SqlLedger
+from fleetgate.metering.prices import micros
 from fleetgate.metering.rating import (
     Charge,
     ModelRate,
@@ -24,6 +25,8 @@ from fleetgate.metering.rating import (
     PriceBook,
     PriceBookSpec,
     Rating,
+    book_at,
+    book_changes,
     book_from_spec,
     event_usage,
     format_money,
@@ -231,3 +234,80 @@ async def test_price_books_are_versions_never_edits(stores: tuple[SqlLedger, Rat
         stored = (await conn.execute(select(price_books.c.prices).where(price_books.c.version == 1))).scalar_one()
     assert stored == {"smollm2": {"input": 100_000, "cached_input": 50_000, "output": 200_000}}  # micros per 1M
     assert books[0].to_json()["prices"]["smollm2"] == {"input": "0.10", "cached_input": "0.05", "output": "0.20"}
+
+
+def at(ts: float, e: UsageEvent, event_id: str) -> UsageEvent:
+    return replace(e, event_id=event_id, started_at=ts, ended_at=ts + 1.0)
+
+
+def test_amounts_are_exact_and_rounded_once() -> None:
+    # 7 tokens at 0.10/1M is 0.7 micro-units: rounded per event, ten events would make 10 (1 each); the exact sum is 7.
+    rate_ = ModelRate(100_000, 50_000, 200_000)
+    one = PerToken().amounts(rate_, 7, 3, 0)
+    assert one == (4 * 100_000, 3 * 50_000, 0)  # exact units: fresh 4, cached 3 (cached beyond prompt: ignored)
+    assert NoCacheDiscount().amounts(rate_, 7, 3, 5) == (400_000, 300_000, 1_000_000)
+    assert PerToken().amounts(rate_, 2, 9, -1) == (0, 100_000, 0)
+    assert micros(sum(one) * 10) == 6 and sum(micros(sum(one)) for _ in range(10)) == 10
+
+
+def test_book_in_force_is_chosen_by_instant() -> None:
+    day = datetime(2026, 12, 7, tzinfo=UTC)
+    b1 = book_from_spec(PriceBookSpec.model_validate(BOOK1), 1, day.replace(hour=9))
+    b2 = book_from_spec(PriceBookSpec.model_validate(BOOK2), 2, day.replace(hour=14))
+    b3 = book_from_spec(PriceBookSpec.model_validate(BOOK1), 3, day.replace(hour=12))  # stored later, earlier start
+    books = [b1, b2, b3]
+    ts = day.timestamp()
+    assert book_at(books, ts) is b1  # before any book: the earliest
+    assert book_at(books, ts + 9 * 3600) is b1 and book_at(books, ts + 13 * 3600) is b3
+    assert book_at(books, ts + 14 * 3600 - 0.001) is b3 and book_at(books, ts + 14 * 3600) is b2
+    assert book_at([], ts) is None
+    pieces = book_changes(books, ts, ts + 86_400)
+    assert [(p - ts, b.version if b else None) for p, b in pieces] == [(0, 1), (12 * 3600, 3), (14 * 3600, 2)]
+    assert book_changes([b1], ts, ts + 86_400) == [(ts, b1)]  # the first book coming into force changes nothing
+
+
+async def test_a_day_with_a_book_change_is_split_at_the_change(stores: tuple[SqlLedger, Rating]) -> None:
+    ledger, rating = stores
+    v1 = await rating.create_book(PriceBookSpec.model_validate(BOOK1), in_force_from=datetime(2026, 11, 1, tzinfo=UTC))
+    change = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    v2 = await rating.create_book(PriceBookSpec.model_validate(BOOK2), in_force_from=change)
+    t = change.timestamp()
+    # Same usage before and after noon; bravo's adapter event only after; the day before has one event too.
+    events = [at(t - 3600, E1, "a1"), at(t + 60, E1, "a2"), at(t + 120, E2, "b1"), at(t - 86_400, E1, "a0")]
+    events.append(replace(at(t + 180, E1, "lost"), status="gateway_lost"))  # counted, never billed (as roll-ups)
+    await ledger.insert(events)
+    report = await usage_report(ledger, rating, since=date(2026, 11, 4), until=date(2026, 11, 5))
+    got = [(x.day.day, x.tenant, x.model, x.price_book_version, x.requests, x.charge_micros) for x in report.lines]
+    assert got == [
+        (4, "acme", "smollm2", 1, 1, 180),
+        (5, "acme", "smollm2", 1, 1, 180),  # before noon: v1
+        (5, "acme", "smollm2", 2, 2, 84),  # after: acme's override in v2
+        (5, "bravo", "smollm2:support-bot", 2, 1, 366_296),
+    ]
+    assert report.totals.charge_micros == 180 + 180 + 84 + 366_296 and (report.totals.ok, report.totals.lost) == (4, 1)
+    assert (v1.version, v2.version) == (1, 2)
+    only_acme = await usage_report(
+        ledger, rating, since=date(2026, 11, 5), until=date(2026, 11, 5), tenant_id="tid-acme"
+    )
+    assert [(x.price_book_version, x.charge_micros) for x in only_acme.lines] == [(1, 180), (2, 84)]
+    forced = await usage_report(ledger, rating, since=date(2026, 11, 5), until=date(2026, 11, 5), version=1)
+    assert [x.price_book_version for x in forced.lines] == [1, 1]  # re-rated with one book: nothing to split
+
+
+async def test_report_totals_are_the_exact_sum_rounded_once(stores: tuple[SqlLedger, Rating]) -> None:
+    ledger, rating = stores
+    await rating.create_book(PriceBookSpec.model_validate(BOOK1), in_force_from=datetime(2026, 11, 1, tzinfo=UTC))
+    # 7 prompt (3 cached) and 3 output tokens: 0.4 + 0.15 + 0.6 = 1.15 micro-units each, on 25 days, one event a day.
+    events = [
+        at(T0 + d * 86_400, replace(E1, prompt_tokens=7, cached_tokens=3, completion_tokens=3), f"x{d}")
+        for d in range(25)
+    ]
+    await ledger.insert(events)
+    report = await usage_report(ledger, rating, since=date(2026, 11, 1), until=date(2026, 11, 30))
+    assert len(report.lines) == 25 and all(x.charge_micros == 1 for x in report.lines)
+    assert report.totals.charge_micros == 29  # 25 x 1.15 = 28.75, rounded once; lines each show 1
+    assert (report.totals.fresh_input_micros, report.totals.cached_input_micros, report.totals.output_micros) == (
+        10,
+        4,
+        15,
+    )

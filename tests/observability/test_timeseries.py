@@ -21,6 +21,7 @@ from fleetgate.observability.timeseries import (
     read_snapshot,
     replica_rates,
 )
+from tests.waiting import wait_until
 
 INF = math.inf
 
@@ -237,16 +238,13 @@ async def test_background_task_samples_every_step() -> None:
     ts.start()
     ts.start()  # idempotent
     try:
-        for _ in range(100):
-            if len(ts.points()) >= 4:
-                break
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: len(ts.points()) >= 4, what="four samples")
     finally:
         await ts.stop()
     n = len(ts.points())
     assert n >= 4 and ts.latest() is not None and ts.latest().in_flight == 3  # type: ignore[union-attr]
     gaps = [b.at - a.at for a, b in zip(ts.points(), ts.points()[1:], strict=False)]
-    assert all(0.02 < g < 0.5 for g in gaps)
+    assert all(g > 0.02 for g in gaps)  # one sample per step; a loaded machine may only stretch the gaps
     await asyncio.sleep(0.15)
     assert len(ts.points()) == n  # stopped
     await ts.stop()  # stopping twice is harmless

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from fleetgate.errors import InvalidRequest, ModelNotFound, NotFound, PermissionDenied
+from fleetgate.errors import InvalidRequest, ModelNotFound, NotFound
 from fleetgate.tenancy.adapter_registry import AdapterCatalog, AdapterSpec, AdapterStore
 from fleetgate.tenancy.models import Tenant, TenantSpec
 from fleetgate.tenancy.store import TenantStore
@@ -61,10 +61,13 @@ async def test_resolve_names_owner_access_and_errors(store: TenantStore) -> None
     by_name = catalog.resolve("a1", owner, bases)
     assert by_name.model == "smollm2" and by_name.adapter is not None and by_name.engine_model == "a1"
     assert catalog.resolve("smollm2:a1", granted, bases).adapter is not None  # the tenant's allowlist grants it
-    with pytest.raises(PermissionDenied, match="not allowed for tenant 'other'"):
-        catalog.resolve("a1", other, bases)
-    with pytest.raises(PermissionDenied):
-        catalog.resolve("a1", narrow, bases)  # its base model is not on that tenant's model allowlist
+    # Another tenant's adapter is answered like a name that does not exist (issue 17.9: no adapter names leak).
+    assert catalog.resolve("a1", other, bases).adapter is None  # the gateway answers 404 for it
+    assert catalog.resolve("a1", narrow, bases).adapter is None  # its base model is not on the tenant's allowlist
+    with pytest.raises(ModelNotFound, match="no LoRA adapter named `a1`"):
+        catalog.resolve("smollm2:a1", other, bases)
+    with pytest.raises(ModelNotFound):
+        catalog.resolve("llama:a1", other, bases)  # not even which base model it belongs to
     with pytest.raises(InvalidRequest, match="belongs to base model `smollm2`"):
         catalog.resolve("llama:a1", owner, bases)
     with pytest.raises(ModelNotFound):

@@ -1,23 +1,29 @@
-"""The admin HTTP API (`/admin`, its own key): tenants, keys and the fleet, described at /admin/openapi.json."""
+"""The admin HTTP API (`/admin`, its own key): tenants, keys and the fleet, described at /admin/openapi.json.
+
+Every path under /admin, the OpenAPI document included, needs the admin key: a middleware checks it before FastAPI
+routes anything (FastAPI serves its OpenAPI document outside the app's dependencies).
+"""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleetgate.api.errors import error_response
-from fleetgate.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound
+from fleetgate.errors import ApiError, InvalidRequest, NotFound
 from fleetgate.fleet.replicas import ReplicaRegistry
+from fleetgate.tenancy.failures import FailureLimiter
 from fleetgate.tenancy.models import TenantSpec
+from fleetgate.tenancy.secret_check import SecretCheck
 from fleetgate.tenancy.store import TenantStore
 from fleetgate.tenancy.views import KeyView, NewKey, TenantView, key_view, tenant_view
 
@@ -58,26 +64,50 @@ class TenantUpsert(BaseModel):
     io_log_retention_days: float | None = None
 
 
+class RequireAdmin:
+    """ASGI middleware: answers 401 (429 after repeated failures) unless the request carries the admin key."""
+
+    def __init__(self, app: ASGIApp, check: SecretCheck) -> None:
+        self.app = app
+        self.check = check
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the key, then pass the request on."""
+        if scope["type"] == "http":
+            header = next((value for name, value in scope["headers"] if name == b"authorization"), None)
+            peer = scope.get("client")
+            try:
+                self.check.verify(header, client=peer[0] if peer else None)
+            except ApiError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_admin_app(
-    store: TenantStore, registry: ReplicaRegistry, admin_key: str, routers: Sequence[APIRouter] = ()
+    store: TenantStore,
+    registry: ReplicaRegistry,
+    admin_key: str,
+    routers: Sequence[APIRouter] = (),
+    *,
+    failures: FailureLimiter | None = None,
 ) -> FastAPI:
-    """The admin API bound to a store; every route needs `Authorization: Bearer <admin key>`."""
-    expected = hashlib.sha256(admin_key.encode()).digest()
-
-    async def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
-        scheme, _, token = (authorization or "").partition(" ")
-        given = hashlib.sha256(token.strip().encode()).digest()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
-            raise AuthenticationFailed("admin API: send the admin key as `Authorization: Bearer <admin key>`")
-
+    """The admin API bound to a store; every path needs `Authorization: Bearer <admin key>`."""
+    check = SecretCheck(
+        [admin_key],
+        failures=failures,
+        asked="admin API: send the admin key as `Authorization: Bearer <admin key>`",
+    )
     app = FastAPI(
         title="fleetgate admin API",
         version="1",
         openapi_url="/openapi.json",
         docs_url=None,
         redoc_url=None,
-        dependencies=[Depends(require_admin)],
+        # Checked by RequireAdmin; declared here so the OpenAPI document says how to authenticate.
+        dependencies=[Depends(HTTPBearer(auto_error=False, description="the admin key"))],
     )
+    app.add_middleware(RequireAdmin, check=check)
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)

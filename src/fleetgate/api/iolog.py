@@ -6,7 +6,7 @@ and nothing else. Another tenant's record id answers 404 exactly like an unknown
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 import orjson
@@ -35,7 +35,16 @@ class Caller(Protocol):
     def tenant(self) -> _TenantRef: ...
 
 
-Authenticate = Callable[[bytes | None], Awaitable[Caller]]
+class Authenticate(Protocol):
+    """`TenantAuthenticator.authenticate`: the header's bytes and the peer address, to a caller or 401/403/429."""
+
+    def __call__(self, authorization: bytes | None, *, client: str | None = None) -> Awaitable[Caller]:
+        """Resolve the caller."""
+        ...
+
+
+def _peer(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None
 
 
 def _authorization(request: Request) -> bytes | None:
@@ -68,7 +77,7 @@ def iolog_routes(iolog: IOLog, authenticate: Authenticate) -> list[Route]:
 
     async def list_logs(request: Request) -> Response:
         try:
-            caller = await authenticate(_authorization(request))
+            caller = await authenticate(_authorization(request), client=_peer(request))
             limit = _limit(request.query_params.get("limit"))
             before = request.query_params.get("before") or None
             # One extra row tells whether another page exists without a count query.
@@ -89,7 +98,7 @@ def iolog_routes(iolog: IOLog, authenticate: Authenticate) -> list[Route]:
     async def get_log(request: Request) -> Response:
         request_id = str(request.path_params["request_id"])
         try:
-            caller = await authenticate(_authorization(request))
+            caller = await authenticate(_authorization(request), client=_peer(request))
             record = await iolog.get(caller.tenant.id, request_id)
             if record is None:
                 raise NotFound(f"no log record with id {request_id!r}")

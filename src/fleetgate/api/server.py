@@ -8,6 +8,8 @@ was not our code:
   response that the upstream parser already framed;
 - the response head and the first body bytes in two writes (two syscalls): the head waits for the first bytes;
 - a task per request that watches `receive()` for a disconnect: the cycle calls the handler back instead.
+
+Slow and malformed clients meet the read deadlines and head limits of api/read_limits.py on every path.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+
+from fleetgate.api.read_limits import ReadLimitsProtocol, ServerConfig
+from fleetgate.config import GatewayConfig
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +116,8 @@ class LaneCycle(RequestResponseCycle):
             self.on_response()
 
 
-class GatewayProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol; POSTs to a lane of the app (api.openai.FastLane) run on a LaneCycle."""
+class GatewayProtocol(ReadLimitsProtocol):
+    """uvicorn's httptools protocol, within read limits; POSTs to a lane (api.openai.FastLane) run on a LaneCycle."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -120,13 +125,14 @@ class GatewayProtocol(HttpToolsProtocol):
         self.lanes: dict[bytes, LaneApp] = getattr(self.app, "raw_lanes", {})
 
     def on_headers_complete(self) -> None:
-        """Start a lane's cycle for a completion POST; anything else is uvicorn's."""
+        """Start a lane's cycle for a completion POST; anything else is uvicorn's (both within the read limits)."""
         parser = self.parser
         raw_path, _, query = self.url.partition(b"?")
         lane = self.lanes.get(raw_path) if parser.get_method() == b"POST" else None
         if lane is None or parser.should_upgrade():
             super().on_headers_complete()
             return
+        self.head_complete()
         http_version = parser.get_http_version()
         scope = self.scope
         scope["method"] = "POST"
@@ -154,6 +160,11 @@ class GatewayProtocol(HttpToolsProtocol):
             self.flow.pause_reading()
             self.pipeline.appendleft((self.cycle, lane))
 
+    def notify_client_gone(self, cycle: RequestResponseCycle) -> None:
+        """A lane's handler hears that its client is gone (a body that stopped arriving, say)."""
+        if isinstance(cycle, LaneCycle):
+            cycle.client_gone()
+
     def connection_lost(self, exc: Exception | None) -> None:
         """uvicorn's bookkeeping, then a lane's handler hears that its client is gone."""
         cycle = self.cycle
@@ -162,10 +173,14 @@ class GatewayProtocol(HttpToolsProtocol):
             cycle.client_gone()
 
 
-def uvicorn_config(app: Any, *, shutdown_grace: float, log_level: str = "warning") -> uvicorn.Config:
-    """The gateway's uvicorn settings: our protocol, inside the caller's loop, no access log or extra headers."""
-    return uvicorn.Config(
+def uvicorn_config(
+    app: Any, *, shutdown_grace: float, log_level: str = "warning", limits: GatewayConfig | None = None
+) -> uvicorn.Config:
+    """The gateway's uvicorn settings: our protocol, inside the caller's loop, no access log or extra headers;
+    `limits` is the gateway section whose read timeouts and head limits the protocol applies (default: defaults)."""
+    return ServerConfig(
         app,
+        limits=limits,
         loop="none",  # we already run inside the loop the CLI chose (uvloop when available)
         http=GatewayProtocol,
         lifespan="on",

@@ -6,7 +6,6 @@ Both read the daily roll-ups (never raw events) and rate them like `fleetgate us
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -22,9 +21,8 @@ from fleetgate.errors import ApiError, InvalidRequest, NotFound, UpstreamUnavail
 from fleetgate.metering.ledger import MAX_PAGE, SqlLedger
 from fleetgate.metering.rating import Rating
 from fleetgate.metering.report import UsageReport, usage_report
-from fleetgate.tenancy.auth import Principal
+from fleetgate.tenancy.auth import Authenticate
 
-Authenticate = Callable[[bytes | None], Awaitable[Principal]]
 MAX_DAYS = 400  # a bound on one answer; roll-ups make even this cheap
 
 
@@ -60,7 +58,8 @@ def usage_routes(ledger: SqlLedger, rating: Rating, authenticate: Authenticate) 
     async def own_usage(request: Request) -> Response:
         try:
             header = request.headers.get("authorization")
-            principal = await authenticate(header.encode("latin-1") if header else None)
+            peer = request.client.host if request.client is not None else None
+            principal = await authenticate(header.encode("latin-1") if header else None, client=peer)
             since, until = window(_day(request, "since"), _day(request, "until"))
             tenant = principal.tenant
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +14,6 @@ from typing import Any
 import aiohttp
 import typer
 from rich.panel import Panel
-from rich.syntax import Syntax
 from rich.table import Table
 
 from fleetgate.cli.common import (
@@ -34,6 +34,8 @@ from fleetgate.fleet.local.launcher import LlamaCppLauncher, ReplicaLauncher
 from fleetgate.fleet.local.model import resolve_model
 from fleetgate.fleet.local.rundir import RunState, stop_recorded
 from fleetgate.fleet.local.vllm_launcher import VllmLauncher, ensure_hf_model
+from fleetgate.paths import open_private_log, private_dir
+from fleetgate.tenancy.bootstrap_keys import check_public_bind, key_file_path, resolve_keys, shown_keys
 
 
 def _apply_cli(
@@ -99,18 +101,28 @@ def _launchers(config: Config, quiet: bool) -> tuple[list[ReplicaLauncher], Path
 NO_DEMO_KEY = "<a key from `fleetgate keys create <tenant>`>"
 
 
-def banner(state: RunState, key: str, config: Config) -> str:
-    """What a user needs to send the first request."""
+def banner(state: RunState, config: Config) -> str:
+    """The short summary in the banner's box (nothing in it is longer than a narrow terminal)."""
+    replicas = len(state.replicas) or len(state.engines)
+    return (
+        f"Gateway: {state.gateway_url or ''}   replicas: {replicas}\n"
+        f"Demo tenant: {config.tenancy.demo_tenant}   dashboard: {state.gateway_url or ''}/dashboard"
+    )
+
+
+def key_lines(state: RunState, key: str, config: Config) -> list[str]:
+    """The keys and a curl line: printed unwrapped and uncropped, so each can be copied whole from any output."""
     url = state.gateway_url or ""
     model = state.model_alias or "<model>"
     admin = config.gateway.admin_api_key or "(admin API disabled)"
-    return (
-        f"Gateway: {url}   replicas: {len(state.replicas) or len(state.engines)}\n"
-        f"Demo tenant: {config.tenancy.demo_tenant}   API key: {key}\n"
-        f"Admin key (for /admin): {admin}\n\n"
+    return [
+        f"Demo API key: {key}",
+        f"Admin key (for /admin, /metrics, `fleetgate top`): {admin}",
+        f"Both are kept in {key_file_path()} (readable by you only); `fleetgate status` shows them again.",
+        "",
         f"curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
-        f"""-d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 32}}'"""
-    )
+        f"""-d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 32}}'""",
+    ]
 
 
 def sdk_snippet(state: RunState, key: str) -> str:
@@ -125,6 +137,13 @@ def sdk_snippet(state: RunState, key: str) -> str:
         ")\n"
         "print(reply.choices[0].message.content)"
     )
+
+
+def print_banner(state: RunState, key: str, config: Config, title: str) -> None:
+    """The banner: a box with the gateway, then keys, curl and SDK lines as plain text (never wrapped or cut)."""
+    console.print(Panel(banner(state, config), title=title, border_style="green", expand=False))
+    for line in [*key_lines(state, key, config), "", *sdk_snippet(state, key).splitlines()]:
+        console.print(line, soft_wrap=True, crop=False, highlight=False, markup=False)
 
 
 async def _self_test(state: RunState, key: str, model: str) -> str:
@@ -161,7 +180,9 @@ def up(
     run_dir = run_dir_for(config)
     try:
         check_not_running(run_dir)
-    except FleetgateError as exc:
+        check_public_bind(config.gateway)
+        resolve_keys(config)  # generated once; the banner shows them, a detached child reads the same file
+    except (FleetgateError, OSError) as exc:
         fail(str(exc))
     if not config.local.replicas and not config.local.vllm.replicas and not config.engines:
         fail("nothing to serve: no local replicas (--replicas 0) and no --engine URL")
@@ -173,12 +194,9 @@ def up(
 
     async def on_ready(state: RunState) -> None:
         if as_json:
-            print_json({**state.to_json(), "demo_api_key": key})
+            print_json({**state.to_json(), **_keys_json(config)})
         else:
-            console.print(
-                Panel(banner(state, key, config), title="fleetgate is up", border_style="green"), soft_wrap=True
-            )
-            console.print(Syntax(sdk_snippet(state, key), "python", theme="ansi_dark"))
+            print_banner(state, key, config, "fleetgate is up")
         if self_test and state.model_alias and config.gateway.demo_api_key:
             try:
                 console.print(await _self_test(state, key, state.model_alias), highlight=False)
@@ -221,8 +239,9 @@ def _detach(
     args.append("--self-test" if self_test else "--no-self-test")
     run_dir = run_dir_for(config)
     log_path = run_dir.log_file("up")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as out:
+    private_dir(run_dir.path, tighten_existing=True)
+    # The child prints the banner, keys included, into this log: readable by this user only.
+    with os.fdopen(open_private_log(log_path), "ab") as out:
         proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -231,21 +250,24 @@ def _detach(
         state = run_dir.read()
         if state is not None and state.status == "ready" and state.supervisor and state.supervisor.pid == proc.pid:
             if as_json:
-                print_json({**state.to_json(), "demo_api_key": config.gateway.demo_api_key, "log": str(log_path)})
+                print_json({**state.to_json(), **_keys_json(config), "log": str(log_path)})
             else:
-                console.print(
-                    Panel(
-                        banner(state, config.gateway.demo_api_key or NO_DEMO_KEY, config),
-                        title="fleetgate is up (detached)",
-                    )
-                )
-                console.print(f"Logs: {log_path}. Stop with `fleetgate down`.")
+                print_banner(state, config.gateway.demo_api_key or NO_DEMO_KEY, config, "fleetgate is up (detached)")
+                console.print(f"Logs: {log_path}. Stop with `fleetgate down`.", soft_wrap=True, highlight=False)
             return
         if proc.poll() is not None:
             fail(f"`fleetgate up` exited with code {proc.returncode}; see {log_path}:\n{_tail(log_path)}")
         time.sleep(0.2)
     proc.terminate()
     fail(f"the stack was not ready in time; see {log_path}")
+
+
+def _keys_json(config: Config) -> dict[str, Any]:
+    return {
+        "demo_api_key": config.gateway.demo_api_key,
+        "admin_api_key": config.gateway.admin_api_key,
+        "key_file": str(key_file_path()),
+    }
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -320,7 +342,10 @@ def status_data(state: RunState | None) -> dict[str, Any]:
 
 def status(config_path: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Show the gateway, the replicas with their health, the engine binary and the model (exit 1 if not running)."""
-    data = status_data(run_dir_for(load(config_path)).read())
+    config = load(config_path)
+    data = status_data(run_dir_for(config).read())
+    # The keys in force: from config, or from the key file if this user may read it (its owner, 0600).
+    data["keys"] = shown_keys(config)
     if as_json:
         print_json(data)
     elif not data["running"]:
@@ -341,8 +366,17 @@ def status(config_path: Path | None = ConfigOption, as_json: bool = JsonOption) 
                 "[green]healthy[/]" if r["healthy"] else f"[red]{r['health']}[/]",
             )
         console.print(table)
+        _print_keys(data["keys"])
     if not data["running"]:
         raise typer.Exit(1)
+
+
+def _print_keys(keys: dict[str, Any]) -> None:
+    if keys["key_file_error"]:
+        console.print(f"keys: {keys['key_file_error']}", soft_wrap=True, highlight=False, markup=False)
+    for label, name in (("demo API key", "demo_api_key"), ("admin key", "admin_api_key")):
+        value = keys[name] or "(none; not generated yet or disabled)"
+        console.print(f"{label}: {value}", soft_wrap=True, crop=False, highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

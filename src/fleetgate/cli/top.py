@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fleetgate.cli.common import ConfigOption, JsonOption, console, fail, load, print_json
+from fleetgate.tenancy.bootstrap_keys import shown_keys
 
 OVERVIEW = "/dashboard/api/overview"
 DASH = "-"
@@ -166,7 +167,10 @@ def run_live(url: str, admin_key: str, interval: float, out: Console, frames: in
 def top(
     url: str | None = typer.Option(None, "--url", help="gateway base URL (default: gateway.host/port from config)"),
     admin_key: str | None = typer.Option(
-        None, "--admin-key", envvar="FLEETGATE_ADMIN_KEY", help="admin key (default: gateway.admin_api_key)"
+        None,
+        "--admin-key",
+        envvar="FLEETGATE_ADMIN_KEY",
+        help="admin key (default: gateway.admin_api_key, or the generated one in the state dir's keys.json)",
     ),
     interval: float = typer.Option(1.0, "--interval", min=0.2, help="seconds between refreshes"),
     once: bool = typer.Option(False, "--once", help="render one frame and exit"),
@@ -177,9 +181,15 @@ def top(
     if url is None or admin_key is None:
         config = load(config_path)
         url = url or _default_url(config.gateway.host, config.gateway.port)
-        admin_key = admin_key or config.gateway.admin_api_key
+        keys = shown_keys(config)  # never generates: a key nobody started a gateway with would open nothing
+        admin_key = admin_key or keys["admin_api_key"]
+        if not admin_key and keys["key_file_error"]:
+            fail(keys["key_file_error"])
     if not admin_key:
-        fail("no admin key: pass --admin-key or set gateway.admin_api_key in the config")
+        fail(
+            "no admin key: pass --admin-key, set gateway.admin_api_key in the config, or start the gateway once"
+            " (`fleetgate up` generates one)"
+        )
     if as_json or once:
         try:
             overview = fetch_overview(url, admin_key)

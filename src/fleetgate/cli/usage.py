@@ -2,7 +2,8 @@
 
 `fleetgate usage` alone (or `usage report`) prints usage per tenant, model and UTC day with its charge, cost and
 margin. `usage prices set -f prices.yaml` stores a new price book version from a YAML file shaped like this
-(see prices.example.yaml; amounts in currency units, prices per 1M tokens, at most 6 decimals):
+(see prices.example.yaml; amounts in currency units, prices per 1M tokens, at most 6 decimals). It comes into force
+a few seconds later (or at `--from`), when every gateway holds it: budgets and reports then both charge it.
 
     currency: USD                  # 3-8 capital letters
     note: November list prices     # optional
@@ -17,11 +18,10 @@ margin. `usage prices set -f prices.yaml` stores a new price book version from a
 from __future__ import annotations
 
 import csv
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,14 +40,14 @@ from fleetgate.cli.common import (
     load,
     print_json,
     run_async,
-    run_dir_for,
 )
+from fleetgate.cli.reconcile_targets import replica_targets
 from fleetgate.config import Config
 from fleetgate.errors import FleetgateError
-from fleetgate.fleet.local.rundir import ProcRecord
 from fleetgate.metering.ledger import SqlLedger
+from fleetgate.metering.price_books import lead_time
 from fleetgate.metering.rating import PriceBook, PriceBookSpec, Rating, names_from_store
-from fleetgate.metering.reconcile import KINDS, Drift, ReplicaTarget, reconcile
+from fleetgate.metering.reconcile import Drift, reconcile
 from fleetgate.metering.report import UsageReport, UsageTotals, usage_report
 from fleetgate.tenancy.store import TenantStore
 
@@ -72,10 +72,13 @@ class UsageContext:
 
 
 def with_usage(
-    config_path: Path | None, action: Callable[[UsageContext], Awaitable[T]], policy: str = "per_token"
+    config_path: Path | None, action: Callable[[UsageContext], Awaitable[T]], policy: str | None = None
 ) -> T:
-    """Open the ledger (`metering.ledger_url`, else `database.url`, migrated) and tenant store; run `action`."""
+    """Open the ledger (`metering.ledger_url`, else `database.url`, migrated) and tenant store; run `action`.
+
+    Rating uses `policy`, by default the one budgets are charged with (`prices.policy`)."""
     config = load(config_path)
+    policy = policy or config.prices.policy
     url = config.metering.ledger_url or config.database.url
 
     async def run() -> T:
@@ -153,7 +156,7 @@ def _print_report(report: UsageReport, as_json: bool, as_csv: bool) -> None:
         style="bold",
     )
     period = f"{report.since or 'start'} .. {report.until or 'today'}"
-    rated = f"price book v{report.price_book_version}" if report.price_book_version else "price book in effect per day"
+    rated = f"price book v{report.price_book_version}" if report.price_book_version else "price book in force"
     table.caption = f"{period}, {rated}, policy {report.policy}"
     console.print(table)
     if t.unpriced_requests:
@@ -168,7 +171,7 @@ def _report(
     until: str | None,
     tenant: str | None,
     price_book: int | None,
-    policy: str,
+    policy: str | None,
     as_json: bool,
     as_csv: bool,
     config_path: Path | None,
@@ -190,7 +193,9 @@ SinceOpt = typer.Option(None, "--since", help="first UTC day (YYYY-MM-DD; defaul
 UntilOpt = typer.Option(None, "--until", help="last UTC day, inclusive (default: today)")
 TenantOpt = typer.Option(None, "--tenant", help="only this tenant (external id)")
 BookOpt = typer.Option(None, "--price-book", help="re-rate the whole period with this price book version")
-PolicyOpt = typer.Option("per_token", "--policy", help="rating policy (per_token | no_cache_discount)")
+PolicyOpt = typer.Option(
+    None, "--policy", help="rating policy (per_token | no_cache_discount; default: prices.policy, as budgets)"
+)
 CsvOpt = typer.Option(False, "--csv", help="CSV on stdout")
 
 
@@ -201,7 +206,7 @@ def usage(
     until: str | None = UntilOpt,
     tenant: str | None = TenantOpt,
     price_book: int | None = BookOpt,
-    policy: str = PolicyOpt,
+    policy: str | None = PolicyOpt,
     as_json: bool = JsonOption,
     as_csv: bool = CsvOpt,
     config_path: Path | None = ConfigOption,
@@ -217,7 +222,7 @@ def report(
     until: str | None = UntilOpt,
     tenant: str | None = TenantOpt,
     price_book: int | None = BookOpt,
-    policy: str = PolicyOpt,
+    policy: str | None = PolicyOpt,
     as_json: bool = JsonOption,
     as_csv: bool = CsvOpt,
     config_path: Path | None = ConfigOption,
@@ -241,19 +246,38 @@ def _load_spec(path: Path, note: str | None) -> PriceBookSpec:
         fail("invalid price book: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
 
 
+def _in_force_from(value: str | None, refresh_interval: float) -> datetime:
+    # Never sooner than every gateway can hold it: a book that applied before a gateway read it would make that
+    # gateway's budget counter charge the old prices for usage the invoice rates with the new ones.
+    earliest = datetime.now(UTC) + timedelta(seconds=lead_time(refresh_interval))
+    if value is None:
+        return earliest
+    when = datetime.fromtimestamp(_since(value) or 0.0, UTC)
+    if when < datetime.now(UTC):
+        fail(
+            f"--from {value} is in the past: a book applies from now on (budgets already charged the past); "
+            "re-rate a past period with `fleetgate usage --price-book N` instead"
+        )
+    return max(when, earliest)
+
+
 @prices_app.command("set")
 def set_prices(
     file: Path = typer.Option(..., "--file", "-f", help="price book YAML (see prices.example.yaml)"),
     note: str | None = typer.Option(None, "--note", help="why the prices changed (overrides the file's note)"),
+    start: str | None = typer.Option(
+        None, "--from", help="when it comes into force (ISO time or Unix seconds; default: in a few seconds)"
+    ),
     config_path: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Store a new price book version from a YAML file (earlier versions stay, for re-rating)."""
     spec = _load_spec(file, note)
+    when = _in_force_from(start, load(config_path).prices.refresh_interval)
 
     async def run(ctx: UsageContext) -> tuple[PriceBook, list[str]]:
         known = {t.external_id for t in await ctx.store.list_tenants(include_deleted=True)}
-        return await ctx.rating.create_book(spec), sorted(set(spec.tenant_overrides) - known)
+        return await ctx.rating.create_book(spec, in_force_from=when), sorted(set(spec.tenant_overrides) - known)
 
     book, unknown = with_usage(config_path, run)
     if unknown:
@@ -261,7 +285,10 @@ def set_prices(
     if as_json:
         print_json(book.to_json())
     else:
-        console.print(f"price book v{book.version} stored ({len(book.prices)} models, {book.currency})")
+        console.print(
+            f"price book v{book.version} stored ({len(book.prices)} models, {book.currency}),"
+            f" in force from {book.created_at.strftime('%Y-%m-%d %H:%M:%S')} UTC"
+        )
 
 
 @prices_app.command("list")
@@ -271,7 +298,7 @@ def list_prices(config_path: Path | None = ConfigOption, as_json: bool = JsonOpt
     if as_json:
         print_json([b.to_json() for b in books])
         return
-    table = Table("version", "created (UTC)", "currency", "models", "tenant overrides", "gpu costs", "note")
+    table = Table("version", "in force from (UTC)", "currency", "models", "tenant overrides", "gpu costs", "note")
     for b in books:
         table.add_row(
             str(b.version),
@@ -283,18 +310,6 @@ def list_prices(config_path: Path | None = ConfigOption, as_json: bool = JsonOpt
             b.note or "",
         )
     console.print(table)
-
-
-def _started_at(record: ProcRecord) -> float | None:
-    # ProcRecord keeps the start time in clock ticks since boot; counters began when the process did.
-    if record.start_time is None:
-        return None
-    try:
-        stat = Path("/proc/stat").read_text().splitlines()
-        btime = next(int(line.split()[1]) for line in stat if line.startswith("btime "))
-    except (OSError, StopIteration, ValueError):
-        return None
-    return btime + record.start_time / os.sysconf("SC_CLK_TCK")
 
 
 def _since(value: str | None) -> float | None:
@@ -311,30 +326,6 @@ def _since(value: str | None) -> float | None:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-def _targets(config: Config, since: float | None) -> tuple[list[ReplicaTarget], list[str]]:
-    state = run_dir_for(config).read()
-    if state is None:
-        fail(f"nothing runs from {run_dir_for(config).path}: start the stack with `fleetgate up`")
-    targets, skipped = [], []
-    for rec in state.replicas:
-        start = since if since is not None else _started_at(rec)
-        if rec.url is None or rec.id is None or start is None:
-            skipped.append(f"{rec.id or rec.pid}: no URL or start time recorded")
-            continue
-        targets.append(ReplicaTarget(rec.id, rec.url, "llamacpp", start))
-    by_url = {e.url: e for e in config.engines}
-    for index, url in enumerate(state.engines):
-        endpoint = by_url.get(url)
-        kind = endpoint.kind if endpoint else "openai"
-        rid = (endpoint.id if endpoint else None) or f"engine-{index}"
-        if kind not in KINDS or since is None:
-            why = f"kind {kind} has no token counters" if kind not in KINDS else "pass --since (its start is unknown)"
-            skipped.append(f"{rid} ({url}): {why}")
-            continue
-        targets.append(ReplicaTarget(rid, url, kind, since))
-    return targets, skipped
-
-
 @app.command("reconcile")
 def reconcile_cmd(
     since: str | None = typer.Option(None, "--since", help="compare from this time (default: each replica's start)"),
@@ -344,7 +335,7 @@ def reconcile_cmd(
 ) -> None:
     """Compare the ledger's tokens per replica with the engines' own counters (drift = engine - ledger)."""
     config = load(config_path)
-    targets, skipped = _targets(config, _since(since))
+    targets, skipped = replica_targets(config, _since(since))
     drifts: list[Drift] = with_usage(config_path, lambda ctx: reconcile(ctx.ledger, targets)) if targets else []
     if as_json:
         print_json({"replicas": [d.to_json() for d in drifts], "skipped": skipped})
@@ -353,7 +344,7 @@ def reconcile_cmd(
         for header in ("requests", "prompt: ledger", "engine", "drift", "output: ledger", "engine", "drift"):
             table.add_column(header, justify="right")
         for d in drifts:
-            start = datetime.fromtimestamp(d.since, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            start = "-" if d.since is None else datetime.fromtimestamp(d.since, UTC).strftime("%Y-%m-%d %H:%M:%S")
             if d.error:
                 table.add_row(d.replica_id, d.kind, start, f"[red]{d.error}[/]")
                 continue

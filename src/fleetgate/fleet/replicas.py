@@ -5,14 +5,20 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from fleetgate.config import EngineKind
+from fleetgate.config import EngineEndpoint, EngineKind
 from fleetgate.fleet.metrics import ReplicaMetrics
 
 
 @dataclass
 class Replica:
-    """One engine endpoint the gateway may send requests to."""
+    """One engine endpoint the gateway may send requests to.
+
+    `url` is the engine's base: scheme, host, port and any path prefix (`https://host/some/prefix`); every call
+    joins its path to it. `api_key` goes out as `Authorization: Bearer` on every call (never shown: repr=False,
+    not in to_json); `ca_file` is trusted for https engines (fleet/client.py).
+    """
 
     id: str
     url: str
@@ -36,6 +42,21 @@ class Replica:
     adapters_loading: set[str] = field(default_factory=set)  # loads this gateway has in flight there
     # Bumped by every load/unload this gateway makes: a model list fetched before one is not applied after it.
     adapter_epoch: int = 0
+    api_key: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+
+    @classmethod
+    def from_endpoint(cls, index: int, endpoint: EngineEndpoint) -> Replica:
+        """The registry entry for a configured engine; ConfigError if its api_key_env is unset."""
+        return cls(
+            id=endpoint.id or f"engine-{index}",
+            url=endpoint.url,
+            kind=endpoint.kind,
+            models=set(endpoint.models),
+            gpu_type=endpoint.gpu_type,
+            api_key=endpoint.bearer_key(),
+            ca_file=endpoint.ca_file,
+        )
 
     def serves(self, model: str) -> bool:
         """True if this replica lists the model (an empty list means 'not known yet': never matches)."""
@@ -100,3 +121,12 @@ class ReplicaRegistry:
     def serving(self, model: str) -> list[Replica]:
         """Replicas that serve the model, healthy or not."""
         return [r for r in self._by_id.values() if r.serves(model)]
+
+    def owner_of(self, url: str) -> Replica | None:
+        """The replica a URL belongs to: its base URL, or the longest base it extends with a path."""
+        best: Replica | None = None
+        for replica in self._by_id.values():
+            base = replica.url
+            if (url == base or url.startswith(base + "/")) and (best is None or len(base) > len(best.url)):
+                best = replica
+        return best

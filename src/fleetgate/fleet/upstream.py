@@ -4,14 +4,21 @@ aiohttp's client spent ~90 µs of CPU per proxied request here (its request and 
 handling, payload registry, timers); this one spends a few µs, because a completion request is always the same
 shape: one POST of a JSON body to an engine we know, answered by a JSON body or an SSE stream. aiohttp stays the
 client for everything off the hot path (health, metrics, model lists, adapter loads, tokenize).
+
+An engine's base URL may be https:// (TLS with the pool's SSL context, the host checked against its certificate)
+and may carry a path prefix (`https://host/some/prefix`: joined in front of every path); an engine that needs a key
+gets `Authorization: Bearer <key>` on every request, the key coming from `api_key_for(base_url)` (the replica
+registry), looked up once per base URL like the rest of the request head.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import deque
-from typing import cast
+from collections.abc import Callable
+from typing import NamedTuple, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -20,6 +27,15 @@ import httptools
 _CLOSE_AFTER_STREAM_WINDOW = 1.0
 # Past this many unread body bytes the connection stops reading from the engine until the relay catches up.
 _HIGH_WATER = 256 * 1024
+
+
+class Origin(NamedTuple):
+    """Where a base URL's requests go and the request-head parts that depend on it."""
+
+    key: tuple[str, int, bool]  # host, port, TLS: what a pooled connection can be reused for
+    prefix: bytes  # path prefix, joined in front of every path
+    host_header: bytes
+    auth_header: bytes  # b"" or b"authorization: Bearer <key>\r\n"
 
 
 class UpstreamIOError(Exception):
@@ -41,7 +57,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
-        self.key: tuple[str, int] = ("", 0)
+        self.key: tuple[str, int, bool] = ("", 0, False)
         self.closed_at: float | None = None
         self.chunked = False  # the last answer came in chunked encoding (a stream)
         self._parser = httptools.HttpResponseParser(self)
@@ -181,6 +197,14 @@ class UpstreamResponse:
         parts = [piece async for piece in self]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def received(self) -> bytes:
+        """Body bytes that already arrived and were not read yet, without waiting (b"" if none, or on an error):
+        what the engine had sent when its request was cut, for metering."""
+        try:
+            return self._conn.take() or b""
+        except UpstreamIOError:
+            return b""
+
     def __aiter__(self) -> UpstreamResponse:
         """Iterate over body pieces as they arrive."""
         return self
@@ -217,30 +241,48 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 class UpstreamPool:
     """Keep-alive connections per engine origin; `post()` sends one request and returns once headers are in."""
 
-    def __init__(self, connect_timeout: float, idle_timeout: float, keepalive_timeout: float = 4.0) -> None:
+    def __init__(
+        self,
+        connect_timeout: float,
+        idle_timeout: float,
+        keepalive_timeout: float = 4.0,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        api_key_for: Callable[[str], str | None] | None = None,
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         # llama-server closes idle keep-alive connections; ours are dropped sooner, so fewer go stale.
         self.keepalive_timeout = keepalive_timeout
-        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
-        self._origins: dict[str, tuple[str, int, bytes]] = {}
-        self._heads: dict[tuple[str, str], bytes] = {}
-        self._closes_after_chunked: set[tuple[str, int]] = set()
+        self._ssl = ssl_context
+        self._api_key_for = api_key_for
+        self._idle: dict[tuple[str, int, bool], deque[_Connection]] = {}
+        self._origins: dict[str, Origin] = {}
+        self._heads: dict[tuple[str, str], tuple[tuple[str, int, bool], bytes]] = {}
+        self._closes_after_chunked: set[tuple[str, int, bool]] = set()
         self.opened = 0  # connections opened over the pool's life (pool reuse is measurable)
 
     async def post(self, base_url: str, path: str, body: bytes, first_byte_timeout: float) -> UpstreamResponse:
         """POST a JSON body and wait for the response headers; raises ConnectFailed, UpstreamIOError (retryable
         when `before_response`), or TimeoutError after `first_byte_timeout` seconds without an answer."""
         loop = asyncio.get_running_loop()
-        host, port, host_header = self._origin(base_url)
-        head = self._heads.get((base_url, path))
-        if head is None:
-            head = self._heads[(base_url, path)] = (
-                b"POST " + path.encode() + b" HTTP/1.1\r\nhost: " + host_header + b"\r\n"
-                b"content-type: application/json\r\naccept-encoding: identity\r\ncontent-length: "
+        cached = self._heads.get((base_url, path))
+        if cached is None:
+            origin = self.origin(base_url)
+            cached = self._heads[(base_url, path)] = (
+                origin.key,
+                b"POST "
+                + origin.prefix
+                + path.encode()
+                + b" HTTP/1.1\r\nhost: "
+                + origin.host_header
+                + b"\r\n"
+                + origin.auth_header
+                + b"content-type: application/json\r\naccept-encoding: identity\r\ncontent-length: ",
             )
+        key, head = cached
         request = b"%b%d\r\n\r\n%b" % (head, len(body), body)
-        conn = self._checkout(host, port)
+        conn = self._checkout(key)
         if conn is not None:
             try:
                 return await self._exchange(loop, conn, request, first_byte_timeout)
@@ -251,7 +293,7 @@ class UpstreamPool:
                 # wrote): the engine never read the request, so send it again on a new connection to the same
                 # engine, instead of letting the router move it elsewhere and lose its cache locality.
                 self._learn_close(conn)
-        conn = await self._connect(loop, host, port)
+        conn = await self._connect(loop, key)
         return await self._exchange(loop, conn, request, first_byte_timeout)
 
     async def _exchange(
@@ -305,18 +347,32 @@ class UpstreamPool:
         """How many idle connections the pool holds (tests and diagnostics)."""
         return sum(len(c) for c in self._idle.values())
 
-    def _origin(self, base_url: str) -> tuple[str, int, bytes]:
+    def origin(self, base_url: str) -> Origin:
+        """Parse a base URL once: ValueError unless it is http(s)://host[:port][/prefix]."""
         origin = self._origins.get(base_url)
         if origin is None:
-            parts = urlsplit(base_url)
-            if parts.scheme != "http" or not parts.hostname:
-                raise ValueError(f"upstream URL must be http://host[:port], got {base_url!r}")
-            port = parts.port or 80
-            origin = self._origins[base_url] = (parts.hostname, port, f"{parts.hostname}:{port}".encode())
+            origin = self._origins[base_url] = self._parse(base_url)
         return origin
 
-    def _checkout(self, host: str, port: int) -> _Connection | None:
-        conns = self._idle.get((host, port))
+    def _parse(self, base_url: str) -> Origin:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.username:
+            raise ValueError(f"upstream URL must be http(s)://host[:port][/path prefix], got {base_url!r}")
+        tls = parts.scheme == "https"
+        port = parts.port or (443 if tls else 80)
+        host = parts.hostname
+        shown = f"[{host}]" if ":" in host else host
+        default = port == (443 if tls else 80)
+        key = self._api_key_for(base_url) if self._api_key_for is not None else None
+        return Origin(
+            key=(host, port, tls),
+            prefix=parts.path.rstrip("/").encode(),
+            host_header=(shown if default else f"{shown}:{port}").encode(),
+            auth_header=b"authorization: Bearer " + key.encode("latin-1") + b"\r\n" if key else b"",
+        )
+
+    def _checkout(self, key: tuple[str, int, bool]) -> _Connection | None:
+        conns = self._idle.get(key)
         if not conns:
             return None
         oldest_ok = time.monotonic() - self.keepalive_timeout
@@ -330,15 +386,23 @@ class UpstreamPool:
                 conn.abort()
         return None
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> _Connection:
+    async def _connect(self, loop: asyncio.AbstractEventLoop, key: tuple[str, int, bool]) -> _Connection:
+        host, port, tls = key
+        tls_context: ssl.SSLContext | None = None
+        if tls:
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            tls_context = self._ssl
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(_Connection, host, port)
+                _, conn = await loop.create_connection(
+                    _Connection, host, port, ssl=tls_context, server_hostname=host if tls else None
+                )
         except TimeoutError:
             raise ConnectFailed(f"connect to {host}:{port} timed out", before_response=True) from None
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
+        except OSError as exc:  # ssl.SSLError (a certificate the context does not trust, ...) is one too
+            reason = str(exc) if isinstance(exc, ssl.SSLError) else exc.strerror or str(exc)
             raise ConnectFailed(f"connect to {host}:{port} failed: {reason}", before_response=True) from None
         self.opened += 1
-        conn.key = (host, port)
+        conn.key = key
         return conn

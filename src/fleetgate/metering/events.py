@@ -7,8 +7,11 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
-EventStatus = Literal["ok", "client_abort", "engine_error", "timeout", "rejected", "gateway_lost"]
+EventStatus = Literal["ok", "client_abort", "engine_error", "timeout", "rejected", "gateway_error", "gateway_lost"]
 UsageSource = Literal["engine", "partial_count", "estimate", "none"]
+# The gateway's own failures: the tokens the engine computed stay on the event (reconcile needs them), but the tenant
+# is never charged for them (docs/billing.md, the outcome table).
+UNBILLED_STATUSES: frozenset[str] = frozenset({"gateway_error", "gateway_lost"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,11 @@ class UsageEvent:
     def fresh_tokens(self) -> int:
         """Prompt tokens that were not served from the prefix cache."""
         return max(self.prompt_tokens - self.cached_tokens, 0)
+
+    @property
+    def billable(self) -> bool:
+        """False for outcomes the gateway caused: their tokens are kept but never charged."""
+        return self.status not in UNBILLED_STATUSES
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(UsageEvent))

@@ -45,8 +45,9 @@ STATUS_COLUMNS: dict[str, str] = {
     "timeout": "timeouts",
     "rejected": "rejected",
     "gateway_lost": "lost",
+    "gateway_error": "errors",
 }
-_SUMMED = (*_COUNTS, *STATUS_COLUMNS.values())
+_SUMMED = (*_COUNTS, *dict.fromkeys(STATUS_COLUMNS.values()))  # "errors" takes two statuses
 _EVENT_FIELDS = tuple(f.name for f in fields(UsageEvent))
 _event_values = operator.attrgetter(*_EVENT_FIELDS)
 # SQLite's fast path (see insert_sqlite): plain DB-API statements, one text each whatever the batch size.
@@ -161,10 +162,11 @@ def _rollups(events: Iterable[UsageEvent]) -> list[dict[str, Any]]:
             acc["busy_seconds"] = 0.0
             groups[key] = acc
         acc["requests"] += 1
-        acc["prompt_tokens"] += e.prompt_tokens
-        acc["cached_tokens"] += e.cached_tokens
-        acc["completion_tokens"] += e.completion_tokens
-        acc["busy_seconds"] += max(e.ended_at - e.started_at, 0.0)
+        if e.billable:  # roll-ups are what invoices rate: the gateway's own failures are never in them
+            acc["prompt_tokens"] += e.prompt_tokens
+            acc["cached_tokens"] += e.cached_tokens
+            acc["completion_tokens"] += e.completion_tokens
+        acc["busy_seconds"] += max(e.ended_at - e.started_at, 0.0)  # the GPU was busy either way: operator cost
         acc[STATUS_COLUMNS.get(e.status, "errors")] += 1  # a status newer than this code still gets counted
     # Sorted keys: concurrent writers take row locks in the same order, so they cannot deadlock.
     return [

@@ -7,6 +7,9 @@ off), and that process is the gateway's bottleneck: one event loop, one core. A 
 parses and inserts it with the same code the gateway would run (`ledger.insert_sqlite`). Small passes stay in
 the gateway: no process is started for light traffic, and the answer comes without a round trip.
 
+A finish record that is not a valid UsageEvent (a poison record) is not inserted: the worker returns it, and the
+flusher quarantines it (dead_letter.py), so one bad line cannot block the ledger.
+
 Delivery stays at least once: the flusher moves its checkpoint only after the worker answered, and the insert is
 keyed by event_id. A worker that dies (killed, out of memory) fails that pass; the next pass starts a new one.
 The worker dies with the gateway (PR_SET_PDEATHSIG), so a SIGKILLed gateway leaves no orphan.
@@ -19,17 +22,27 @@ import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
 from fleetgate.db.engine import make_sync_engine
 from fleetgate.metering.events import UsageEvent
 from fleetgate.metering.ledger import insert_sqlite_sync
-from fleetgate.metering.outbox import finished_events
+from fleetgate.metering.records import finished_events, usage_event
 from fleetgate.parent_death import die_with_parent
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    """What the worker did with a range: valid events handed to the ledger, and the poison records it skipped."""
+
+    inserted: int
+    poison: list[Any]
 
 
 class LedgerWorker:
@@ -46,8 +59,8 @@ class LedgerWorker:
         """Whether a pass with this many new bytes goes to the worker."""
         return new_bytes >= self.min_bytes
 
-    async def insert_range(self, segment: Path, start: int, end: int) -> int:
-        """Insert the finish records in bytes [start, end) of a segment; returns how many records it held."""
+    async def insert_range(self, segment: Path, start: int, end: int) -> RangeResult:
+        """Insert the valid finish records in bytes [start, end) of a segment; the others come back as poison."""
         if self._pool is None:
             # spawn, not fork: the gateway runs threads and an event loop, which a forked child must not inherit.
             self._pool = ProcessPoolExecutor(
@@ -86,11 +99,18 @@ def _open_worker(sqlite_file: str) -> None:
     _engine = make_sync_engine(sqlite_file)
 
 
-def _insert_range(segment: str, start: int, end: int, batch_size: int) -> int:
+def _insert_range(segment: str, start: int, end: int, batch_size: int) -> RangeResult:
     assert _engine is not None, "the worker's initializer did not run"
     with open(segment, "rb") as f:
         f.seek(start)
         data = f.read(end - start)
-    events = [UsageEvent.from_dict(e) for _, e in finished_events(data)]
+    events: list[UsageEvent] = []
+    poison: list[Any] = []
+    for _, raw in finished_events(data):
+        event = usage_event(raw)
+        if event is None:
+            poison.append(raw)
+        else:
+            events.append(event)
     insert_sqlite_sync(_engine, events, batch_size)
-    return len(events)
+    return RangeResult(len(events), poison)

@@ -6,13 +6,18 @@ another version only changes the charges computed here, never an event or a roll
 
 Price lookup for a request on `model` (with `adapter`) for a tenant: the tenant's overrides win over the global
 prices; within each, the most specific name wins: "model:adapter", then "model", then "*".
+
+Which book applies: a book is in force from its `created_at` instant (`usage prices set` puts it a few seconds
+ahead, or at `--from`, so every gateway holds it before it applies) until the next book's; an event is rated with
+the book in force when it started, and usage before the first book with the oldest. The gateway's budget counter
+follows the same rule (metering/price_books.py), with the same money function (metering/prices.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
@@ -23,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from fleetgate.db.schema import price_books
 from fleetgate.errors import InvalidRequest, NotFound
 from fleetgate.metering.events import UsageEvent
-from fleetgate.metering.prices import MICROS_PER_UNIT, TOKENS_PER_PRICE
+from fleetgate.metering.prices import MICROS_PER_UNIT, ModelRate, micros, token_charge
 
 if TYPE_CHECKING:
     from fleetgate.tenancy.store import TenantStore
@@ -56,7 +61,7 @@ def format_money(micros: int) -> str:
 
 def per_million(tokens: int, micros_per_1m: int) -> int:
     """Amount for `tokens` at a per-1M-token price, rounded half up to a micro-unit (integers only)."""
-    return (max(tokens, 0) * micros_per_1m + TOKENS_PER_PRICE // 2) // TOKENS_PER_PRICE
+    return micros(max(tokens, 0) * micros_per_1m)
 
 
 Micros = Annotated[int, BeforeValidator(to_micros)]
@@ -97,15 +102,6 @@ class PriceBookSpec(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
-class ModelRate:
-    """Prices in micro-units per 1M tokens."""
-
-    input: int
-    cached_input: int
-    output: int
-
-
-@dataclass(frozen=True, slots=True)
 class GpuCost:
     """Operator cost of a GPU type in micro-units: per busy hour or per 1M tokens."""
 
@@ -130,7 +126,7 @@ def _rate_json(specs: Mapping[str, RateSpec]) -> dict[str, dict[str, int]]:
 
 @dataclass(frozen=True, slots=True)
 class PriceBook:
-    """One stored, immutable price book version."""
+    """One stored, immutable price book version, in force from `created_at`."""
 
     version: int
     created_at: datetime
@@ -221,15 +217,20 @@ class Charge:
     cost: int
     margin: int
     priced: bool = True  # False when no price applied (charged 0): surfaces in reports as unpriced usage
+    # Fresh input, cached input and output in exact units (prices.py): what totals are summed from.
+    exact: tuple[int, int, int] = field(default=(0, 0, 0), compare=False)
 
 
 class RatingPolicy(Protocol):
-    """Turns token counts and a model's rate into the three charged amounts (fresh, cached, output)."""
+    """Turns token counts and a model's rate into the three charged amounts (fresh, cached, output).
+
+    The budget counter (tenancy/gate.py) and rating both charge through a policy, which calls the one money
+    function, `prices.token_charge`."""
 
     name: str
 
-    def amounts(self, usage: Ratable, rate: ModelRate) -> tuple[int, int, int]:
-        """Micro-units for fresh input, cached input and output."""
+    def amounts(self, rate: ModelRate, prompt: int, cached: int, completion: int) -> tuple[int, int, int]:
+        """Exact units (prices.py) for fresh input, cached input and output."""
         ...
 
 
@@ -238,13 +239,9 @@ class PerToken:
 
     name = "per_token"
 
-    def amounts(self, usage: Ratable, rate: ModelRate) -> tuple[int, int, int]:
-        """Micro-units for fresh input, cached input and output."""
-        return (
-            per_million(usage.fresh_tokens, rate.input),
-            per_million(min(usage.cached_tokens, usage.prompt_tokens), rate.cached_input),
-            per_million(usage.completion_tokens, rate.output),
-        )
+    def amounts(self, rate: ModelRate, prompt: int, cached: int, completion: int) -> tuple[int, int, int]:
+        """Exact units for fresh input, cached input and output."""
+        return token_charge(rate, prompt, cached, completion)
 
 
 class NoCacheDiscount:
@@ -252,14 +249,9 @@ class NoCacheDiscount:
 
     name = "no_cache_discount"
 
-    def amounts(self, usage: Ratable, rate: ModelRate) -> tuple[int, int, int]:
-        """Micro-units for fresh input, cached input and output."""
-        cached = min(usage.cached_tokens, usage.prompt_tokens)
-        return (
-            per_million(usage.fresh_tokens, rate.input),
-            per_million(cached, rate.input),
-            per_million(usage.completion_tokens, rate.output),
-        )
+    def amounts(self, rate: ModelRate, prompt: int, cached: int, completion: int) -> tuple[int, int, int]:
+        """Exact units for fresh input, cached input and output."""
+        return token_charge(rate, prompt, cached, completion, cache_discount=False)
 
 
 POLICIES: dict[str, Callable[[], RatingPolicy]] = {"per_token": PerToken, "no_cache_discount": NoCacheDiscount}
@@ -288,10 +280,15 @@ def gpu_cost(usage: Ratable, book: PriceBook) -> int:
 def rate(usage: Ratable, book: PriceBook, policy: RatingPolicy) -> Charge:
     """The charge for one event or roll-up under one price book (pure: reads nothing, writes nothing)."""
     price = book.rate_for(usage.model, usage.adapter, usage.tenant)
-    fresh, cached, output = (0, 0, 0) if price is None else policy.amounts(usage, price)
-    total = fresh + cached + output
+    exact = (
+        (0, 0, 0)
+        if price is None
+        else policy.amounts(price, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens)
+    )
+    total = micros(sum(exact))
     cost = gpu_cost(usage, book)
-    return Charge(usage.key, book.version, fresh, cached, output, total, cost, total - cost, price is not None)
+    fresh, cached, output = (micros(x) for x in exact)
+    return Charge(usage.key, book.version, fresh, cached, output, total, cost, total - cost, price is not None, exact)
 
 
 def _book(row: Mapping[str, Any]) -> PriceBook:
@@ -353,9 +350,9 @@ class Rating:
                 return tid
         return external_id
 
-    async def create_book(self, spec: PriceBookSpec) -> PriceBook:
-        """Store a new price book version (versions are never edited)."""
-        values = {"created_at": datetime.now(UTC), **_columns(spec)}
+    async def create_book(self, spec: PriceBookSpec, *, in_force_from: datetime | None = None) -> PriceBook:
+        """Store a new price book version (versions are never edited), in force from `in_force_from` (now)."""
+        values = {"created_at": in_force_from or datetime.now(UTC), **_columns(spec)}
         async with self.engine.begin() as conn:
             version = (
                 await conn.execute(price_books.insert().values(values).returning(price_books.c.version))
@@ -383,10 +380,24 @@ class Rating:
         return rate(usage, book, self.policy)
 
 
-def book_for_day(books: list[PriceBook], day: date) -> PriceBook | None:
-    """The book in effect on a day: the newest created on or before it, else the oldest (books oldest first)."""
-    chosen = books[0] if books else None
+def _order(book: PriceBook) -> tuple[float, int]:
+    return book.created_at.timestamp(), book.version
+
+
+def book_at(books: Sequence[PriceBook], when: float) -> PriceBook | None:
+    """The book in force at Unix time `when`: the latest in force by then, else the earliest (None: no books)."""
+    chosen: PriceBook | None = None
     for book in books:
-        if book.created_at.astimezone(UTC).date() <= day:
+        if _order(book)[0] <= when and (chosen is None or _order(book) > _order(chosen)):
             chosen = book
-    return chosen
+    return chosen if chosen is not None or not books else min(books, key=_order)
+
+
+def book_changes(books: Sequence[PriceBook], start: float, end: float) -> list[tuple[float, PriceBook | None]]:
+    """The books in force over [start, end): (from, book) pieces, the first from `start`, one per change."""
+    pieces: list[tuple[float, PriceBook | None]] = [(start, book_at(books, start))]
+    for when in sorted({_order(b)[0] for b in books if start < _order(b)[0] < end}):
+        book = book_at(books, when)
+        if book is not pieces[-1][1]:
+            pieces.append((when, book))
+    return pieces

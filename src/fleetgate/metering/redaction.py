@@ -7,9 +7,14 @@ writer): each built-in rule is skipped unless a cheap substring check finds its 
 its regex starts with a literal the engine scans for fast, or cannot start inside a run of the characters it
 matches, so long runs (base64, hex) are scanned once, never once per position.
 
+Payment cards (13-19 digits, optionally grouped by spaces or hyphens) are redacted only when the digits pass the
+Luhn check and start like a card of a known issuer with that length, so ids, timestamps and other digit runs stay;
+national ids are US social security numbers (`123-45-6789` form, never-issued ranges excluded) and UK national
+insurance numbers (`AB 12 34 56 C`, with the prefixes HMRC never issues excluded).
+
 Known limits: a secret the model streams across several SSE events (one token per event) is not reassembled and
 so not recognised; digits-only phone numbers without separators are kept, since they cannot be told apart from
-timestamps and ids.
+timestamps and ids; a 9-digit SSN without hyphens is kept for the same reason.
 """
 
 from __future__ import annotations
@@ -75,7 +80,48 @@ _EMAIL_DOMAIN = re.compile(r"@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za
 _LOCAL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-")
 _MAX_LOCAL = 64
 
+# A whole run of 13 or more digits, each after at most one space or hyphen, not part of a decimal or a word. It
+# starts only where no digit group precedes it and is taken possessively, so a long run is scanned once; which
+# groups of it form a card is decided in Python (`_card_in`).
+CARD = re.compile(
+    r"(?:(?<=\\[nrtbf])|(?<![\\A-Za-z0-9_.+-]))(?<!\d[ -])(?=\d(?:[ -]?\d){12})\d(?:[ -]?\d)*+"
+    r"(?![A-Za-z0-9_]|[.,]\d)"
+)
+_DIGITS = re.compile(r"\d+")
+# Area 000, 666 and 900-999, group 00 and serial 0000 were never issued.
+SSN = re.compile(
+    r"(?:(?<=\\[nrtbf])|(?<![\\A-Za-z0-9_.+-]))(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}"
+    r"(?![A-Za-z0-9_]|[.-]\d)"
+)
+_SSN_SHAPE = "000-00-0000"
+# First letter not D F I Q U V, second not D F I O Q U V, and not BG GB KN NK NT TN ZZ; suffix A-D.
+NINO = re.compile(
+    r"(?:(?<=\\[nrtbf])|(?<![\\A-Za-z0-9_]))(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
+    r" ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![A-Za-z0-9_])"
+)
+# Issuer prefixes (first 1-4 digits) and the lengths their cards have: Visa, Mastercard, Amex, Discover, JCB,
+# Diners, UnionPay, Maestro.
+_CARD_ISSUERS: tuple[tuple[range, frozenset[int]], ...] = (
+    (range(4, 5), frozenset({13, 16, 19})),
+    (range(51, 56), frozenset({16})),
+    (range(2221, 2721), frozenset({16})),
+    (range(34, 35), frozenset({15})),
+    (range(37, 38), frozenset({15})),
+    (range(6011, 6012), frozenset({16, 17, 18, 19})),
+    (range(644, 660), frozenset({16, 17, 18, 19})),
+    (range(3528, 3590), frozenset({16, 17, 18, 19})),
+    (range(300, 306), frozenset({14, 15, 16, 17, 18, 19})),
+    (range(36, 37), frozenset({14, 15, 16, 17, 18, 19})),
+    (range(38, 40), frozenset({14, 15, 16, 17, 18, 19})),
+    (range(62, 63), frozenset({16, 17, 18, 19})),
+    (range(50, 51), frozenset({13, 14, 15, 16, 17, 18, 19})),
+    (range(56, 59), frozenset({13, 14, 15, 16, 17, 18, 19})),
+    (range(67, 68), frozenset({13, 14, 15, 16, 17, 18, 19})),
+)
+
 EMAIL_MARK = "[REDACTED:email]"
+CARD_MARK = "[REDACTED:card]"
+NATIONAL_ID_MARK = "[REDACTED:national_id]"
 PHONE_MARK = "[REDACTED:phone]"
 KEY_MARK = "[REDACTED:api_key]"
 PATTERN_MARK = "[REDACTED]"
@@ -100,6 +146,90 @@ def redact_emails(text: str) -> str:
         return text
     out.append(text[pos:])
     return "".join(out)
+
+
+def luhn_valid(digits: str) -> bool:
+    """Whether a string of digits passes the Luhn check (the last digit checks the others)."""
+    total = 0
+    for i, char in enumerate(reversed(digits)):
+        d = ord(char) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+# Every issuer prefix spelled out ("4", "51", ..., "2720"): a card's first 1-4 digits are looked up, not parsed.
+_ISSUER_LENGTHS = {str(prefix): lengths for prefixes, lengths in _CARD_ISSUERS for prefix in prefixes}
+_ISSUER_FIRST = frozenset(prefix[0] for prefix in _ISSUER_LENGTHS)
+
+
+def is_card_number(digits: str) -> bool:
+    """Whether digits look like a real payment card: a known issuer's prefix and length, and a valid Luhn digit."""
+    for width in (1, 2, 3, 4):
+        lengths = _ISSUER_LENGTHS.get(digits[:width])
+        if lengths is not None:
+            return len(digits) in lengths and luhn_valid(digits)
+    return False
+
+
+def _card_in(text: str) -> str:
+    """`text` (digit groups and single separators) with every card made of whole groups marked: the longest from
+    each group on, so a grouped card next to other numbers ("4111 1111 1111 1111 123", a CVV) is still found."""
+    groups = [m.group() for m in _DIGITS.finditer(text)]
+    seps = _DIGITS.split(text)[1:-1]
+    out: list[str] = []
+    i = 0
+    while i < len(groups):
+        found, digits = 0, ""
+        for j in range(
+            i, len(groups) if groups[i][0] in _ISSUER_FIRST else i
+        ):  # at most 19 digits: a bounded window, however long the run
+            digits += groups[j]
+            if len(digits) > 19:
+                break
+            if len(digits) >= 13 and is_card_number(digits):
+                found = j + 1
+        if found:
+            out.append(CARD_MARK)
+            i = found
+        else:
+            out.append(groups[i])
+            i += 1
+        if i < len(groups):
+            out.append(seps[i - 1])
+    return "".join(out)
+
+
+def _card(match: re.Match[str]) -> str:
+    text = match.group()
+    digits = text.replace(" ", "").replace("-", "")
+    if len(digits) <= 19 and is_card_number(digits):
+        return CARD_MARK
+    return _card_in(text) if len(digits) != len(text) else text
+
+
+def redact_cards(text: str) -> str:
+    """Replace every payment card number (issuer, length and Luhn checked) with the card mark."""
+    return CARD.sub(_card, text)
+
+
+def _digit_run(min_length: int) -> Callable[[str], bool]:
+    needle = "0" * min_length
+
+    def check(text: str) -> bool:
+        return needle in text.translate(_TO_ZERO)
+
+    return check
+
+
+def _ssn_shaped(text: str) -> bool:
+    return "-" in text and _SSN_SHAPE in text.translate(_TO_ZERO)
+
+
+def _nino_shaped(text: str) -> bool:
+    folded = text.translate(_TO_ZERO)
+    return "000000" in folded or "00 00 00" in folded
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +285,14 @@ def rules_from_config(config: IOLogConfig) -> list[Rule]:
         ]
     if config.redact_emails:
         rules.append(Rule("email", redact_emails, _contains("@")))
+    # Cards and national ids before phones: a phone rule must not take part of a card's digits first.
+    if config.redact_cards:
+        rules.append(Rule("card", redact_cards, _digit_run(4)))
+    if config.redact_national_ids:
+        rules += [
+            Rule("ssn", _regex(SSN, NATIONAL_ID_MARK), _ssn_shaped),
+            Rule("nino", _regex(NINO, NATIONAL_ID_MARK), _nino_shaped),
+        ]
     if config.redact_phones:
         rules += [
             Rule("phone_intl", _regex(PHONE_INTL, PHONE_MARK), _contains("+")),

@@ -1,6 +1,12 @@
-"""Usage reports: daily roll-ups per tenant, model and day, rated under the price book in effect (or one forced).
+"""Usage reports: daily roll-ups per tenant, model and day, rated under the price book in force (or one forced).
 
 The same report feeds `fleetgate usage report`, `GET /admin/usage` and (without cost and margin) `GET /v1/usage`.
+A day on which another book came into force is read from its events instead (metering/book_split.py), split at the
+change: each part is rated with its own book, as the budget counter charged it.
+
+Amounts are summed exactly (prices.py) and rounded to micro-units once per line and once per total, so a total is
+the exact sum of its usage rounded, which is what the budget counter holds; lines may add up to it within a
+micro-unit per line.
 """
 
 from __future__ import annotations
@@ -9,11 +15,13 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Any
 
-from pydantic import BaseModel, Field, computed_field
+from pydantic import BaseModel, Field, PrivateAttr, computed_field
 
 from fleetgate.errors import InvalidRequest
+from fleetgate.metering.book_split import rated_rows
 from fleetgate.metering.ledger import DailyUsage, SqlLedger
-from fleetgate.metering.rating import Charge, Ratable, Rating, book_for_day, format_money
+from fleetgate.metering.prices import micros
+from fleetgate.metering.rating import Charge, Ratable, Rating, format_money
 
 
 class UsageTotals(BaseModel):
@@ -37,6 +45,7 @@ class UsageTotals(BaseModel):
     cost_micros: int = 0
     margin_micros: int = 0
     unpriced_requests: int = 0
+    _exact: list[int] = PrivateAttr(default_factory=lambda: [0, 0, 0])  # fresh, cached, output (prices.py units)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -67,12 +76,13 @@ class UsageTotals(BaseModel):
         if charge is None or not charge.priced:
             self.unpriced_requests += row.requests
         if charge is not None:
-            self.fresh_input_micros += charge.fresh_input
-            self.cached_input_micros += charge.cached_input
-            self.output_micros += charge.output
-            self.charge_micros += charge.total
+            exact = self._exact
+            for i, amount in enumerate(charge.exact):
+                exact[i] += amount
+            self.fresh_input_micros, self.cached_input_micros, self.output_micros = (micros(x) for x in exact)
+            self.charge_micros = micros(sum(exact))
             self.cost_micros += charge.cost
-            self.margin_micros += charge.margin
+            self.margin_micros = self.charge_micros - self.cost_micros
 
 
 class UsageLine(UsageTotals):
@@ -132,21 +142,20 @@ async def usage_report(
     names = await rating.tenant_names() if names is None else names
     forced = await rating.book(version) if version is not None else None
     books = [forced] if forced is not None else await rating.books()
-    lines: dict[tuple[date, str, str], UsageLine] = {}
+    lines: dict[tuple[date, str, str, int | None], UsageLine] = {}
     totals = UsageTotals()
     currencies: set[str] = set()
-    for row in rows:
-        book = book_for_day(books, row.day)
+    for row, book in await rated_rows(ledger, rows, books, tenant_id):
         tenant = names.get(row.tenant_id, row.tenant_id)
         charge = rating.charge(ratable(row, tenant), book) if book is not None else None
         model = f"{row.model}:{row.adapter}" if row.adapter else row.model
-        line = lines.get((row.day, row.tenant_id, model))
+        version_used = None if book is None else book.version
+        line = lines.get((row.day, row.tenant_id, model, version_used))
         if line is None:
-            version_used = None if book is None else book.version
             line = UsageLine(
                 day=row.day, tenant=tenant, tenant_id=row.tenant_id, model=model, price_book_version=version_used
             )
-            lines[(row.day, row.tenant_id, model)] = line
+            lines[(row.day, row.tenant_id, model, version_used)] = line
         line.add(row, charge)
         totals.add(row, charge)
         if book is not None:
@@ -156,7 +165,7 @@ async def usage_report(
             f"price books in this period use different currencies ({', '.join(sorted(currencies))}): "
             "re-rate the period with one version"
         )
-    ordered = sorted(lines.values(), key=lambda x: (x.day, x.tenant, x.model))
+    ordered = sorted(lines.values(), key=lambda x: (x.day, x.tenant, x.model, x.price_book_version or 0))
     currency = currencies.pop() if currencies else (books[-1].currency if books else None)
     return UsageReport(
         since=since,

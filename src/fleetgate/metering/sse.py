@@ -6,10 +6,27 @@ from typing import Any
 
 import orjson
 
+# An event larger than this is not an engine's chunk: the stream is treated as broken rather than buffered forever.
+MAX_EVENT_BYTES = 4 << 20
+
+
+class EventTooLarge(Exception):
+    """The engine sent more than MAX_EVENT_BYTES without ending an event."""
+
 
 def _has_usage(data: bytes) -> bool:
     # Called on every chunk: two substring scans in C, no generator.
     return b'"usage":{' in data or b'"usage": {' in data
+
+
+def _ends_stream(complete: bytes) -> bool:
+    """True if one of these whole events is the end marker: a `data:` line whose whole value is `[DONE]`.
+
+    A JSON string cannot hold a raw newline, so `[DONE]` inside generated text (`"content":" [DONE]"`) never
+    stands alone on a line; only a line of its own ends the stream."""
+    if b"[DONE]" not in complete:  # the common case: one substring scan in C
+        return False
+    return any(line.startswith(b"data:") and line[5:].strip() == b"[DONE]" for line in complete.splitlines() if line)
 
 
 class SSERelay:
@@ -19,38 +36,70 @@ class SSERelay:
     ask for it, the usage-only event (`choices: []`) is dropped so the client sees what the engine would have sent.
     """
 
-    __slots__ = ("_buf", "_delim", "_drop_usage_event", "content_events", "done", "events", "usage")
+    __slots__ = (
+        "_buf",
+        "_delim",
+        "_drop_usage_event",
+        "_last_timings",
+        "_max_event_bytes",
+        "content_events",
+        "done",
+        "events",
+        "usage",
+    )
 
-    def __init__(self, drop_usage_event: bool) -> None:
+    def __init__(self, drop_usage_event: bool, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self._buf = b""
+        self._max_event_bytes = max_event_bytes
         self._delim = b""
         self._drop_usage_event = drop_usage_event
         self.usage: dict[str, Any] | None = None
         self.events = 0
         self.content_events = 0  # chunks that carried generated text: the partial count if usage never comes
         self.done = False
+        self._last_timings = b""  # the latest events that carried llama.cpp's running `timings` (kept, not parsed)
 
     def feed(self, data: bytes) -> bytes:
-        """Take a piece of the upstream stream; return the complete events to forward now."""
+        """Take a piece of the upstream stream; return the complete events to forward now.
+
+        Raises EventTooLarge when more than `max_event_bytes` arrive without an event boundary."""
         buf = self._buf + data if self._buf else data
         if not self._delim:
             if b"\n" not in buf:
-                self._buf = buf
-                return b""
+                return self._hold(buf)
             self._delim = b"\r\n\r\n" if b"\r\n" in buf else b"\n\n"
         cut = buf.rfind(self._delim)
         if cut < 0:
-            self._buf = buf
-            return b""
+            return self._hold(buf)
         cut += len(self._delim)
         complete, self._buf = buf[:cut], buf[cut:]
         self.events += complete.count(self._delim)
         self.content_events += _content_count(complete)
-        if b"[DONE]" in complete:
+        if _ends_stream(complete):
             self.done = True
+        if b'"timings"' in complete:
+            self._last_timings = complete
         if _has_usage(complete):
             return self._take_usage(complete)
         return complete
+
+    def engine_counts(self) -> dict[str, Any] | None:
+        """The engine's own running counts when its usage block never came (llama.cpp `timings_per_token`): the
+        last `timings` received, as a usage block, so an aborted stream bills what the engine really did."""
+        if not self._last_timings:
+            return None
+        for event in reversed(self._last_timings.split(self._delim)):
+            payload = _data_of(event) if b'"timings"' in event else None
+            timings = payload.get("timings") if payload is not None else None
+            if isinstance(timings, dict):
+                return _usage_of_timings(timings)
+        return None
+
+    def _hold(self, buf: bytes) -> bytes:
+        if len(buf) > self._max_event_bytes:
+            raise EventTooLarge(f"an SSE event passed {self._max_event_bytes} bytes without ending")
+        self._buf = buf
+        return b""
 
     def flush(self) -> bytes:
         """Whatever is left when the upstream ends (an unterminated last event)."""
@@ -78,7 +127,14 @@ class SSERelay:
 
 def _content_count(data: bytes) -> int:
     # Engines stream about one token per chunk; counting non-empty content/text fields needs no JSON parsing.
-    return data.count(b'"content":"') - data.count(b'"content":""') + data.count(b'"text":"') - data.count(b'"text":""')
+    # vLLM and llama.cpp write compact JSON; Python servers (json.dumps) put a space after the colon.
+    count = (
+        data.count(b'"content":"') - data.count(b'"content":""') + data.count(b'"text":"') - data.count(b'"text":""')
+    )
+    if b'": "' in data:
+        count += data.count(b'"content": "') - data.count(b'"content": ""')
+        count += data.count(b'"text": "') - data.count(b'"text": ""')
+    return count
 
 
 def _data_of(event: bytes) -> dict[str, Any] | None:
@@ -91,3 +147,21 @@ def _data_of(event: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def _usage_of_timings(timings: dict[str, Any]) -> dict[str, Any] | None:
+    """llama.cpp's `timings` as an OpenAI usage block: prompt_n are the tokens it computed, cache_n those it reused."""
+    values: list[Any] = [timings.get(k) for k in ("prompt_n", "cache_n", "predicted_n")]
+    if not all(_count(v) for v in values):
+        return None
+    computed, cached, predicted = values
+    return {
+        "prompt_tokens": computed + cached,
+        "completion_tokens": predicted,
+        "total_tokens": computed + cached + predicted,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

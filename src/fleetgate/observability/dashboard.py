@@ -8,8 +8,6 @@ key (a browser cannot send a Bearer header on navigation); the user pastes a key
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -23,17 +21,19 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from fleetgate.api.errors import error_response
-from fleetgate.errors import ApiError, AuthenticationFailed, NotFound
+from fleetgate.errors import ApiError, NotFound
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.metering.ledger import SqlLedger
 from fleetgate.metering.rating import Rating, format_money
 from fleetgate.metering.report import UsageReport, usage_report
 from fleetgate.observability.timeseries import TimeSeries
-from fleetgate.tenancy.auth import Principal
+from fleetgate.tenancy.auth import Authenticate
+from fleetgate.tenancy.failures import FailureLimiter
 from fleetgate.tenancy.models import Tenant
+from fleetgate.tenancy.secret_check import SecretCheck
 
-AdminCheck = Callable[[bytes | None], Awaitable[object]]  # raises ApiError unless the header carries the admin key
-TenantCheck = Callable[[bytes | None], Awaitable[Principal]]
+AdminCheck = SecretCheck  # raises ApiError unless the header carries the admin key
+TenantCheck = Authenticate
 UsageToday = Callable[[str | None], Awaitable[UsageReport]]  # today's rated usage of one tenant id, or of all (None)
 
 STALE_AFTER = 10.0  # seconds: an engine scrape older than this is shown as unknown, not as the last value
@@ -54,21 +54,12 @@ SECURITY_HEADERS = {
 }
 
 
-def admin_key_check(admin_key: str | None) -> AdminCheck:
-    """An AdminCheck for `Authorization: Bearer <admin key>` (always 401 when the admin key is not configured)."""
-    expected = hashlib.sha256(admin_key.encode()).digest() if admin_key else None
-
-    async def check(authorization: bytes | None) -> object:
-        if expected is None:
-            raise AuthenticationFailed("the admin API is disabled (gateway.admin_api_key is not set)")
-        scheme, _, token = (authorization or b"").decode("latin-1").partition(" ")
-        # Compare digests in constant time, so neither the length nor a prefix of the key leaks through timing.
-        given = hashlib.sha256(token.strip().encode()).digest()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
-            raise AuthenticationFailed("dashboard: send the admin key as `Authorization: Bearer <admin key>`")
-        return None
-
-    return check
+def admin_key_check(admin_key: str | None, failures: FailureLimiter | None = None) -> AdminCheck:
+    """An AdminCheck for `Authorization: Bearer <admin key>` (always 401 when the admin key is not configured);
+    constant-time, and failures count against the sender's address."""
+    return SecretCheck(
+        [admin_key], failures=failures, asked="dashboard: send the admin key as `Authorization: Bearer <admin key>`"
+    )
 
 
 def ledger_usage_today(ledger: SqlLedger, rating: Rating) -> UsageToday:
@@ -232,6 +223,10 @@ def _auth_header(request: Request) -> bytes | None:
     return header.encode("latin-1") if header else None
 
 
+def _peer(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None
+
+
 def _asset(name: str) -> bytes:
     return resources.files("fleetgate.observability").joinpath("static", name).read_bytes()
 
@@ -261,7 +256,7 @@ def dashboard_routes(
 
     async def overview(request: Request) -> Response:
         try:
-            await check_admin(_auth_header(request))
+            await check_admin(_auth_header(request), client=_peer(request))
         except ApiError as exc:
             return error_response(exc, request.headers.get("x-request-id"))
         report, error = await _usage(usage, None)
@@ -269,7 +264,7 @@ def dashboard_routes(
 
     async def tenant(request: Request) -> Response:
         try:
-            principal = await check_tenant(_auth_header(request))
+            principal = await check_tenant(_auth_header(request), client=_peer(request))
         except ApiError as exc:
             return error_response(exc, request.headers.get("x-request-id"))
         # The tenant comes from the key, never from the query: one tenant cannot ask for another's page.

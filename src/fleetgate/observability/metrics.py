@@ -15,13 +15,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from fleetgate.api.request import RequestOutcome
     from fleetgate.fleet.replicas import ReplicaRegistry
     from fleetgate.metering.flusher import Flusher
     from fleetgate.metering.iolog import IOLog
     from fleetgate.metering.outbox import Outbox
     from fleetgate.routing.pipeline import RoutingPipeline
     from fleetgate.scheduling.admission import AdmissionController
+    from fleetgate.serving.outcome import RequestOutcome
 
 OTHER = "other"
 # Latency buckets from 5 ms to 2 min: a warm prefix on the local fleet is ~0.1 s, a cold long prompt ~16 s.
@@ -253,6 +253,40 @@ class StateCollector(Collector):
             decisions.add_metric([policy, reason], n)
         yield decisions
 
+    def _outbox_faults(self) -> Iterable[Metric]:
+        # A full or failing disk under the outbox: refused starts (503s), records held in memory, dead letters.
+        refused = CounterMetricFamily(
+            "fleetgate_outbox_refused", "Requests refused because their start record could not be made durable.",
+            labels=["reason"],
+        )  # fmt: skip
+        for reason, n in self._outbox.refused.items():
+            refused.add_metric([reason], n)
+        yield refused
+        yield GaugeMetricFamily(
+            "fleetgate_outbox_accepting", "1 while the outbox takes new requests.", value=float(self._outbox.accepting)
+        )
+        yield GaugeMetricFamily(
+            "fleetgate_outbox_pending_records",
+            "Finish records held in memory until the disk takes them.",
+            value=self._outbox.pending_lines,
+        )
+        failures = CounterMetricFamily(
+            "fleetgate_outbox_io_failures", "Outbox write and fsync failures.", labels=["op"]
+        )
+        failures.add_metric(["write"], self._outbox.write_failures)
+        failures.add_metric(["fsync"], self._outbox.fsync_failures)
+        yield failures
+        dead = CounterMetricFamily(
+            "fleetgate_dead_lettered", "Records moved to a consumer's dead-letter file.", labels=["consumer"]
+        )
+        for consumer, n in self._flusher.dead_lettered.items():
+            dead.add_metric([consumer], n)
+        yield dead
+        yield CounterMetricFamily(
+            "fleetgate_flusher_pass_failures", "Flusher passes that failed and were retried.",
+            value=self._flusher.pass_failures,
+        )  # fmt: skip
+
     def collect(self) -> Iterable[Metric]:
         """Yield the current values."""
         in_flight = GaugeMetricFamily(
@@ -293,6 +327,7 @@ class StateCollector(Collector):
             delivered.add_metric([consumer], count)
         yield lag
         yield delivered
+        yield from self._outbox_faults()
         if self._admission is not None:
             depth = GaugeMetricFamily(
                 "fleetgate_queue_depth",

@@ -8,6 +8,7 @@ decision when the quantum is at least the typical request cost.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class FairQueue(Generic[T]):
                 continue
             if allow is not None and not any(allow(line[0]) for line in cls.queues.values()):
                 return None
+            self._skip_idle_rounds(cls, allow)
             while True:
                 tenant, line = next(iter(cls.queues.items()))
                 head = line[0]
@@ -90,6 +92,30 @@ class FairQueue(Generic[T]):
                 cls.queues.move_to_end(tenant)  # its turn is over; the deficit carries to the next turn
                 cls.visited = False
         return None
+
+    def _skip_idle_rounds(self, cls: _Class[T], allow: Callable[[Ticket[T]], bool] | None) -> None:
+        """Give every eligible tenant, at once, the quanta of the rounds in which nobody could be served.
+
+        Without this, `pop` turns round after round adding one quantum per tenant until some head request fits:
+        a cost of 1e9 tokens against a quantum of 64 was 15 million turns (6 s of a blocked event loop). A full
+        round gives each eligible tenant one quantum and leaves the turn order as it was, so adding k rounds at
+        once is the same state the loop would reach; the loop then serves within one more round. O(tenants)."""
+        rounds: int | None = None
+        for position, (tenant, line) in enumerate(cls.queues.items()):
+            head = line[0]
+            if allow is not None and not allow(head):
+                continue
+            missing = head.cost - cls.deficit[tenant]
+            if position == 0 and cls.visited and missing <= 0:
+                return  # the head tenant is mid-turn and its request already fits
+            # Quanta still to be added before this head fits; a tenant not yet visited gets one on its visit.
+            needed = max(math.ceil(missing / (self.quantum * head.weight)), 0 if position == 0 and cls.visited else 1)
+            rounds = needed if rounds is None else min(rounds, needed)
+        if rounds is None or rounds < 2:
+            return
+        for tenant, line in cls.queues.items():
+            if allow is None or allow(line[0]):
+                cls.deficit[tenant] += (rounds - 1) * self.quantum * line[0].weight
 
     def peek_priority(self) -> int | None:
         """The priority class that `pop` would serve, or None when empty."""

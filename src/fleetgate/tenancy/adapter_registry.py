@@ -16,7 +16,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fleetgate.db.schema import adapters, tenancy_revision
-from fleetgate.errors import InvalidRequest, ModelNotFound, NotFound, PermissionDenied
+from fleetgate.errors import InvalidRequest, ModelNotFound, NotFound
 from fleetgate.tenancy.models import Tenant
 
 # vLLM takes the adapter's name as a `model`; keep it to characters that survive URLs, headers and metric labels.
@@ -167,6 +167,8 @@ class AdapterCatalog:
             return Target(model)
         base, sep, name = model.partition(":")
         adapter = self._by_name.get(name if sep else model)
+        if adapter is not None and not adapter.usable_by(tenant):
+            adapter = None  # another tenant's adapter is answered like one that does not exist: no name leaks
         if adapter is None:
             if sep:
                 raise ModelNotFound(
@@ -178,9 +180,5 @@ class AdapterCatalog:
                 f"adapter `{name}` belongs to base model `{adapter.base_model}`, not `{base}`: ask for"
                 f" `{adapter.base_model}:{name}` or `{name}`",
                 param="model",
-            )
-        if not adapter.usable_by(tenant):
-            raise PermissionDenied(
-                f"LoRA adapter `{adapter.name}` is not allowed for tenant {tenant.external_id!r}", param="model"
             )
         return Target(adapter.base_model, adapter)

@@ -1,4 +1,9 @@
-"""Bearer-key authentication against the tenant store, through an in-memory cache invalidated by revision polling."""
+"""Bearer-key authentication against the tenant store, through an in-memory cache invalidated by revision polling.
+
+Unknown keys are cached too (bounded), and failures are limited per client address (tenancy/failures.py): an
+address over its limit is answered 429 before any lookup, so a flood of random keys costs no store queries. A key
+already in the cache is served even then, so tenants behind the same address as a prober keep working.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleetgate.errors import AuthenticationFailed, PermissionDenied, UpstreamUnavailable
+from fleetgate.tenancy.failures import FailureLimiter
 from fleetgate.tenancy.keys import hash_key
 from fleetgate.tenancy.models import ApiKeyInfo, Tenant
 from fleetgate.tenancy.store import TenantStore
@@ -30,6 +37,14 @@ class Principal:
     tenant: Tenant
 
 
+class Authenticate(Protocol):
+    """What routes that name a tenant call: `TenantAuthenticator.authenticate` (or a stand-in in tests)."""
+
+    def __call__(self, authorization: bytes | None, *, client: str | None = None) -> Awaitable[Principal]:
+        """The principal for an Authorization header sent from `client` (the peer address), or 401/403/429."""
+        ...
+
+
 def bearer_token(authorization: bytes | None) -> str:
     """Extract the key from an `Authorization: Bearer <key>` header value, or fail with 401."""
     if not authorization:
@@ -44,8 +59,9 @@ def bearer_token(authorization: bytes | None) -> str:
 class TenantAuthenticator:
     """Maps keys to tenants; a revoked key or suspended tenant stops working within one poll interval."""
 
-    def __init__(self, store: TenantStore, poll_interval: float = 0.5) -> None:
+    def __init__(self, store: TenantStore, poll_interval: float = 0.5, failures: FailureLimiter | None = None) -> None:
         self._store = store
+        self.failures = failures if failures is not None else FailureLimiter()
         self._poll_interval = poll_interval
         self._cache: dict[str, tuple[ApiKeyInfo, Tenant]] = {}
         self._unknown: set[str] = set()
@@ -89,27 +105,33 @@ class TenantAuthenticator:
                         log.warning("tenancy change listener failed, retrying next change: %s", exc)
                         self._revision = -1  # so the next poll runs the listeners again
 
-    async def authenticate(self, authorization: bytes | None) -> Principal:
-        """The principal for a header, or 401/403 with a message that never echoes the key."""
-        digest = hash_key(bearer_token(authorization))
-        entry = self._cache.get(digest)
-        if entry is None:
-            if digest in self._unknown:
+    async def authenticate(self, authorization: bytes | None, *, client: str | None = None) -> Principal:
+        """The principal for a header sent from `client` (the peer's address), or 401/403, or 429 when that address
+        failed too often; messages never echo the key."""
+        try:  # free when nothing is raised; every 401 below counts against the address
+            digest = hash_key(bearer_token(authorization))
+            entry = self._cache.get(digest)
+            if entry is None:
+                self.failures.check(client)  # before the negative cache and the store: a blocked address costs nothing
+                if digest in self._unknown:
+                    raise AuthenticationFailed("invalid API key: check the key you were given")
+                entry = await self._load(digest)
+            key, tenant = entry
+            # The dict lookup found the entry by hash; compare again in constant time so no path depends on a prefix.
+            if not hmac.compare_digest(key.key_hash, digest):
                 raise AuthenticationFailed("invalid API key: check the key you were given")
-            entry = await self._load(digest)
-        key, tenant = entry
-        # The dict lookup found the entry by hash; compare again in constant time so no path depends on a prefix.
-        if not hmac.compare_digest(key.key_hash, digest):
-            raise AuthenticationFailed("invalid API key: check the key you were given")
-        now = datetime.now(UTC)
-        if key.revoked_at is not None and key.revoked_at <= now:
-            raise AuthenticationFailed(f"API key {key.prefix}… was revoked")
-        if key.expires_at is not None and key.expires_at <= now:
-            raise AuthenticationFailed(f"API key {key.prefix}… expired at {key.expires_at.isoformat()}")
+            now = datetime.now(UTC)
+            if key.revoked_at is not None and key.revoked_at <= now:
+                raise AuthenticationFailed(f"API key {key.prefix}… was revoked")
+            if key.expires_at is not None and key.expires_at <= now:
+                raise AuthenticationFailed(f"API key {key.prefix}… expired at {key.expires_at.isoformat()}")
+            if tenant.status == "deleted":
+                raise AuthenticationFailed(f"API key {key.prefix}… belongs to a deleted tenant")
+        except AuthenticationFailed:
+            self.failures.failed(client)
+            raise
         if tenant.status == "suspended":
             raise PermissionDenied(f"tenant {tenant.external_id!r} is suspended; contact the operator")
-        if tenant.status == "deleted":
-            raise AuthenticationFailed(f"API key {key.prefix}… belongs to a deleted tenant")
         return Principal(key, tenant)
 
     async def _load(self, digest: str) -> tuple[ApiKeyInfo, Tenant]:

@@ -1,9 +1,7 @@
-"""Fixtures for the limiter tests: a fake clock, and the real Redis at 127.0.0.1:6379 (or a skip / failure)."""
+"""Fixtures for the limiter tests: a fake clock, and RedisLimiters on the session's own Redis (`redis_url`)."""
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
@@ -15,7 +13,6 @@ from fleetgate.tenancy.limits.base import Limiter
 from fleetgate.tenancy.limits.memory import MemoryLimiter
 from fleetgate.tenancy.limits.redis import RedisLimiter
 
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 T = TypeVar("T")
 
 
@@ -41,32 +38,6 @@ def resolve(coro: Coroutine[Any, Any, T]) -> T:
         return stop.value  # type: ignore[no-any-return]
     coro.close()
     raise AssertionError("the coroutine suspended; MemoryLimiter must not await inside reserve/settle")
-
-
-def _ping() -> str | None:
-    """None if Redis answers PING, else why not."""
-    try:
-        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            reply = sock.recv(64)
-    except OSError as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None if reply.startswith(b"+PONG") else f"unexpected reply to PING: {reply!r}"
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    """The test Redis; fails under FLEETGATE_REQUIRE_SERVICES=1 when it is unreachable, skips otherwise."""
-    problem = _ping()
-    if problem is not None:
-        message = (
-            f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT} ({problem}); start one (e.g. `redis-server`) "
-            "to run the Redis limiter tests"
-        )
-        if os.environ.get("FLEETGATE_REQUIRE_SERVICES") == "1":
-            pytest.fail(message + " (FLEETGATE_REQUIRE_SERVICES=1 makes this a failure)")
-        pytest.skip(message)
-    return f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
 
 
 RedisFactory = Callable[..., RedisLimiter]

@@ -10,6 +10,8 @@ from fleetgate.tenancy.limits.failover import FailoverLimiter
 from fleetgate.tenancy.limits.memory import MemoryLimiter
 from fleetgate.tenancy.limits.redis import RedisLimiter
 
+NEVER_DIALLED = "redis://127.0.0.1:9/0"  # RedisLimiter connects lazily and these tests make no call
+
 
 def test_memory() -> None:
     assert isinstance(make_limiter("memory", None, "fail_open"), MemoryLimiter)
@@ -17,7 +19,7 @@ def test_memory() -> None:
 
 @pytest.mark.parametrize("policy", ["fail_open", "fail_closed"])
 async def test_redis_is_wrapped_in_failover(policy: str) -> None:
-    lim = make_limiter("redis", "redis://127.0.0.1:6379/0", policy)
+    lim = make_limiter("redis", NEVER_DIALLED, policy)
     assert isinstance(lim, FailoverLimiter)
     assert isinstance(lim.primary, RedisLimiter) and isinstance(lim.fallback, MemoryLimiter)
     assert (lim.policy, lim.name) == (policy, "redis")
@@ -36,4 +38,4 @@ def test_redis_needs_a_url() -> None:
 
 def test_unknown_policy() -> None:
     with pytest.raises(ConfigError, match=r"limits\.on_redis_error"):
-        make_limiter("redis", "redis://127.0.0.1:6379/0", "maybe")
+        make_limiter("redis", NEVER_DIALLED, "maybe")

@@ -19,6 +19,9 @@ from tests.fakes import free_port
 from tests.tenancy.limits.conftest import FakeClock, RedisFactory
 
 SPEC = LimitSpec(rpm=100, max_concurrency=10)
+# A RedisLimiter gives up within its own deadline (0.25 s connect + 0.25 s per operation); past HANG it hangs.
+# The gap is slack for a loaded 2-core machine: what these tests catch is a wait of Redis's own timeouts or more.
+HANG = 5.0
 
 
 class FlakyPrimary(MemoryLimiter):
@@ -67,7 +70,7 @@ async def test_fail_open_admits_via_the_fallback_without_hanging(
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="fleetgate.tenancy.limits.failover"):
         results = [await lim.reserve("acme", f"r{i}", SPEC, 1, 0) for i in range(5)]
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < HANG
     assert all(isinstance(r, Reservation) for r in results)
     assert (lim.outages, lim.fallback_decisions, lim.degraded) == (1, 5, True)
     # Only this module's records: another test's garbage-collected client may log through asyncio meanwhile.
@@ -87,7 +90,7 @@ async def test_fail_closed_raises_overloaded(dead_redis: RedisLimiter) -> None:
     started = time.monotonic()
     with pytest.raises(Overloaded) as caught:
         await lim.reserve("acme", "r", SPEC, 1, 0)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < HANG
     assert caught.value.message == UNAVAILABLE_MESSAGE
     assert (caught.value.retry_after, caught.value.status) == (1, 503)
     with pytest.raises(Overloaded):
@@ -107,7 +110,7 @@ async def test_a_redis_that_accepts_but_never_answers_times_out() -> None:
     try:
         started = time.monotonic()
         assert isinstance(await lim.reserve("acme", "r", SPEC, 1, 0), Reservation)
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < HANG
         assert lim.outages == 1
     finally:
         await lim.close()

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from fleetgate.tenancy.limits.base import Denial, LimitSpec, Reservation
 from fleetgate.tenancy.limits.memory import period_of
-from fleetgate.tenancy.limits.redis import _LUA_CALENDAR, SPEND_TTL_SECONDS
+from fleetgate.tenancy.limits.redis import _LUA_CALENDAR, SPEND_TTL_SECONDS, RedisLimiter
 from tests.tenancy.limits.conftest import RedisFactory
+from tests.waiting import wait_until
 
 
 async def test_two_gateways_enforce_one_rpm_together(redis_factory: RedisFactory) -> None:
@@ -50,14 +51,20 @@ async def test_concurrency_slots_are_shared_and_freed_by_either_gateway(redis_fa
     assert isinstance(await b.reserve("acme", "over", spec, 1, 0), Denial)
 
 
+async def _idle(limiter: RedisLimiter, spec: LimitSpec) -> bool:
+    """No request of the tenant holds a concurrency slot."""
+    return (await limiter.counters("acme", spec)).in_flight == 0
+
+
 async def test_a_crashed_gateways_slots_free_themselves_when_the_lease_ends(redis_factory: RedisFactory) -> None:
     crashed, alive = redis_factory(lease_seconds=0.3), redis_factory()
     spec = LimitSpec(max_concurrency=2)
     for i in range(2):
         assert isinstance(await crashed.reserve("acme", f"c{i}", spec, 1, 0), Reservation)
     assert isinstance(await alive.reserve("acme", "a0", spec, 1, 0), Denial)
-    await asyncio.sleep(0.4)  # the crashed gateway never settles
-    assert (await alive.counters("acme", spec)).in_flight == 0
+    # The crashed gateway never settles, nor renews its leases any more: they (0.3 s) run out on their own.
+    await crashed.close()
+    await wait_until(lambda: _idle(alive, spec), what="the crashed gateway's leases to run out")
     assert isinstance(await alive.reserve("acme", "a1", spec, 1, 0), Reservation)
 
 

@@ -7,6 +7,7 @@ import builtins
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from fleetgate.background import Background
@@ -23,7 +24,7 @@ class DiscoveryError(FleetError):
 
 @dataclass(frozen=True, slots=True)
 class ReplicaSpec:
-    """A replica as a discovery source describes it."""
+    """A replica as a discovery source describes it (`url` may be https:// and carry a path prefix)."""
 
     id: str
     url: str
@@ -32,6 +33,8 @@ class ReplicaSpec:
     gpu_type: str = "unknown"
     adapters: frozenset[str] = frozenset()  # adapters fixed at start (llama.cpp --lora); vLLM reports its own
     labels: Mapping[str, str] = field(default_factory=dict)
+    api_key: str | None = field(default=None, repr=False)  # sent as `Authorization: Bearer` on every call
+    ca_file: Path | None = None
 
 
 class Discovery(Protocol):
@@ -63,6 +66,8 @@ def sync_registry(registry: ReplicaRegistry, specs: Iterable[ReplicaSpec], owned
                     gpu_type=spec.gpu_type,
                     adapters=set(spec.adapters),
                     labels=dict(spec.labels),
+                    api_key=spec.api_key,
+                    ca_file=spec.ca_file,
                 )
             )
             owned.add(spec.id)
@@ -73,6 +78,8 @@ def sync_registry(registry: ReplicaRegistry, specs: Iterable[ReplicaSpec], owned
             replica.healthy = False
             replica.metrics = None
         replica.kind, replica.gpu_type, replica.labels = spec.kind, spec.gpu_type, dict(spec.labels)
+        # The hot path reads a URL's key once (fleet/upstream.py): a new key comes with a new URL or a restart.
+        replica.api_key, replica.ca_file = spec.api_key, spec.ca_file
         if spec.models:
             replica.models = set(spec.models)
     gone = owned - seen

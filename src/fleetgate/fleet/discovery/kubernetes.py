@@ -6,7 +6,10 @@ What a pod tells us (all optional but the port):
 - annotation `fleetgate.io/models`: comma-separated served model names (empty: ask the engine's /v1/models);
 - annotation `fleetgate.io/adapters`: comma-separated LoRA adapters fixed at start (llama.cpp `--lora`);
 - label or annotation `fleetgate.io/gpu-type`: the GPU kind, for cost by `gpu_type` (default `unknown`);
-- annotation `fleetgate.io/scheme`: http (default) or https.
+- annotation `fleetgate.io/scheme`: http (default) or https;
+- annotation `fleetgate.io/path-prefix`: a path the engine is served under (e.g. `/engine`), joined to every path.
+
+An engine key (vLLM `--api-key`) is the discovery's `api_key`, the same for every pod it finds.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ MODELS_KEY = PREFIX + "models"
 ADAPTERS_KEY = PREFIX + "adapters"
 GPU_KEY = PREFIX + "gpu-type"
 SCHEME_KEY = PREFIX + "scheme"
+PATH_PREFIX_KEY = PREFIX + "path-prefix"
 _KINDS: tuple[str, ...] = get_args(EngineKind)
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -72,6 +76,7 @@ class KubernetesDiscovery:
         default_kind: EngineKind = "vllm",
         timeout: float = 5.0,
         page_size: int = 500,
+        api_key: str | None = None,
     ) -> None:
         self._base = api_base_url.rstrip("/")
         self.namespace = namespace
@@ -83,6 +88,7 @@ class KubernetesDiscovery:
         self._default_kind = default_kind
         self._timeout = timeout
         self._page_size = page_size
+        self._engine_key = api_key
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
@@ -161,14 +167,16 @@ class KubernetesDiscovery:
         ip = pod["status"]["podIP"]
         host = f"[{ip}]" if ":" in ip else ip
         scheme = "https" if notes.get(SCHEME_KEY) == "https" else "http"
+        prefix = "/" + notes.get(PATH_PREFIX_KEY, "").strip().strip("/")
         return ReplicaSpec(
             id=str(meta.get("name")),
-            url=f"{scheme}://{host}:{port}",
+            url=f"{scheme}://{host}:{port}{prefix.rstrip('/')}",
             kind=cast(EngineKind, kind),  # checked against EngineKind's values above
             models=_csv(notes.get(MODELS_KEY)),
             gpu_type=labels.get(GPU_KEY) or notes.get(GPU_KEY) or "unknown",
             adapters=_csv(notes.get(ADAPTERS_KEY)),
             labels=labels,
+            api_key=self._engine_key,
         )
 
     async def close(self) -> None:

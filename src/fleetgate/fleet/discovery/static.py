@@ -10,7 +10,7 @@ from fleetgate.fleet.discovery.base import ReplicaSpec
 
 
 class StaticDiscovery:
-    """The configured engines, always the same list."""
+    """The configured engines, always the same list (ConfigError when an engine's api_key_env is unset)."""
 
     def __init__(self, engines: Sequence[EngineEndpoint]) -> None:
         self._specs = [
@@ -20,6 +20,8 @@ class StaticDiscovery:
                 kind=e.kind,
                 models=frozenset(e.models),
                 gpu_type=e.gpu_type,
+                api_key=e.bearer_key(),
+                ca_file=e.ca_file,
             )
             for i, e in enumerate(engines)
         ]

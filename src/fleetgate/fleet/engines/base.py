@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetgate.config import EngineKind
+from fleetgate.fleet.engines.request_fields import OPENAI_FIELDS, STREAM_OPTIONS, allowed_body
 
 
 @dataclass(frozen=True)
@@ -52,22 +53,28 @@ class EngineAdapter:
     runtime_lora: bool = False  # adapters can be loaded while serving (vLLM, SGLang); llama.cpp fixes them at start
     # vLLM's `cache_salt` keeps one tenant's cached prefix from being hit (or timed) by another tenant.
     salts_cache: bool = False
-    # llama.cpp: the body field that pins a request to one slot; never passed on from a client (see prepare).
-    slot_field: str | None = None
+    # The request fields a tenant may send this engine (fleet/engines/request_fields.py); the rest are dropped.
+    request_fields: frozenset[str] = OPENAI_FIELDS
+    stream_options: frozenset[str] = STREAM_OPTIONS
+    # Set on every stream: llama.cpp's `timings_per_token` puts its running token counts on each chunk, so a stream
+    # cut before the usage block (the client left) still bills exactly what the engine computed and cached.
+    stream_fields: tuple[tuple[str, Any], ...] = ()
 
-    def prepare(self, body: dict[str, Any], tenant_id: str) -> dict[str, Any]:
-        """The body this engine gets: the tenant's cache salt where the engine isolates by salt."""
-        if self.slot_field is not None and self.slot_field in body:
-            # A client must not pick slots: it could queue behind or displace other tenants' requests, and pinning
-            # turns off llama-server's prompt-cache search (docs/architecture.md, "llama.cpp slots").
-            body = {k: v for k, v in body.items() if k != self.slot_field}
-        if not self.salts_cache:
-            return body
-        # Always overwritten, so a client can never name another tenant's salt; a salt the client sent still
-        # splits its own tenant's cache further, as vLLM intends it.
-        own = body.get("cache_salt")
-        salt = f"fg:{tenant_id}:{own}" if isinstance(own, str) and own else f"fg:{tenant_id}"
-        return {**body, "cache_salt": salt}
+    def prepare(self, body: dict[str, Any], tenant_id: str, max_output_tokens: int | None = None) -> dict[str, Any]:
+        """The body this engine gets: allowed fields only, the policy's output limit, the tenant's cache salt.
+
+        Slot pins (`id_slot`) and per-request adapters (`lora`) never pass: a client's pin could queue behind or
+        displace other tenants' requests and turns off llama-server's prompt-cache search (docs/architecture.md,
+        "llama.cpp slots"); adapters are chosen by the gateway's catalog, never by a body field."""
+        sent = allowed_body(body, self.request_fields, self.stream_options, max_output_tokens)
+        if self.stream_fields and sent.get("stream") is True:
+            sent.update(self.stream_fields)
+        if self.salts_cache:
+            # Always overwritten, so a client can never name another tenant's salt; a salt the client sent still
+            # splits its own tenant's cache further, as vLLM intends it.
+            own = body.get("cache_salt")
+            sent["cache_salt"] = f"fg:{tenant_id}:{own}" if isinstance(own, str) and own else f"fg:{tenant_id}"
+        return sent
 
 
 def model_ids(payload: Any) -> set[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fleetgate.config import EngineKind
 from fleetgate.fleet.engines.base import EngineAdapter, MetricNames
+from fleetgate.fleet.engines.request_fields import LLAMACPP_FIELDS, SGLANG_FIELDS, VLLM_FIELDS, VLLM_STREAM_OPTIONS
 
 # Names as the engines print them (llama.cpp recorded from llama-server 11434 here; vLLM from v1
 # metrics/loggers.py, labelled `engine` and `model_name`; SGLang from srt/metrics/collector.py).
@@ -37,12 +38,29 @@ SGLANG_METRICS = MetricNames(
 ADAPTERS: dict[EngineKind, EngineAdapter] = {
     # llama-server answers /health with 503 while loading, 200 when ready.
     "llamacpp": EngineAdapter(
-        kind="llamacpp", health_path="/health", metric_names=LLAMACPP_METRICS, props_path="/props", slot_field="id_slot"
+        kind="llamacpp",
+        health_path="/health",
+        metric_names=LLAMACPP_METRICS,
+        props_path="/props",
+        request_fields=LLAMACPP_FIELDS,
+        stream_fields=(("timings_per_token", True),),
     ),
     "vllm": EngineAdapter(
-        kind="vllm", health_path="/health", metric_names=VLLM_METRICS, runtime_lora=True, salts_cache=True
+        kind="vllm",
+        health_path="/health",
+        metric_names=VLLM_METRICS,
+        runtime_lora=True,
+        salts_cache=True,
+        request_fields=VLLM_FIELDS,
+        stream_options=VLLM_STREAM_OPTIONS,
     ),
-    "sglang": EngineAdapter(kind="sglang", health_path="/health", metric_names=SGLANG_METRICS, runtime_lora=True),
+    "sglang": EngineAdapter(
+        kind="sglang",
+        health_path="/health",
+        metric_names=SGLANG_METRICS,
+        runtime_lora=True,
+        request_fields=SGLANG_FIELDS,
+    ),
     # An unknown OpenAI-compatible server: its model list is the only endpoint we can count on.
     "openai": EngineAdapter(kind="openai", health_path="/v1/models", metrics_path=None),
 }

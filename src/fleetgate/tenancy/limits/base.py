@@ -14,7 +14,7 @@ split made the real limit `limit x replicas`). Every back end implements exactly
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 LimitName = Literal["rpm", "tpm", "concurrency", "budget"]
 
@@ -85,4 +85,21 @@ class Limiter(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class SpendSource(Protocol):
+    """A back end that tells what it last knew of a tenant's month-to-date spend, and takes spend decided elsewhere.
+
+    The fail_open fallback starts from what the shared store last said (so a tenant over budget stays refused
+    during an outage) and hands what it charged back once the store returns.
+    """
+
+    def known_spend(self, tenant_id: str) -> tuple[str, int] | None:
+        """(period, spend in micros) from this back end's last answer about the tenant, without asking it again."""
+        ...
+
+    async def add_spend(self, tenant_id: str, period: str, delta_micros: int) -> None:
+        """Add spend decided elsewhere to the tenant's counter of `period`."""
         ...

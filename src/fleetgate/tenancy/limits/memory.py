@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -165,6 +165,32 @@ class MemoryLimiter:
             spend_micros=tenant.spend_micros,
             period=period,
         )
+
+    def seed(self, tenant_id: str, period: str, spend_micros: int | None, holding: Iterable[str] = ()) -> None:
+        """Start a tenant from what the shared store last said: its spend in `period` (ignored once that month is
+        over) and the requests it already holds slots for there (they count against max_concurrency here too)."""
+        current, _ = self._period(self._wall())
+        tenant = self._tenant(tenant_id, current)
+        if spend_micros is not None and period == current:
+            tenant.spend_micros = max(tenant.spend_micros, spend_micros)
+        tenant.in_flight.update(holding)
+
+    def release(self, tenant_id: str, request_id: str) -> None:
+        """Free a slot `seed` lent, without correcting tokens or spend (that request was settled elsewhere)."""
+        tenant = self._tenants.get(tenant_id)
+        if tenant is not None:
+            tenant.in_flight.discard(request_id)
+
+    def known_spend(self, tenant_id: str) -> tuple[str, int] | None:
+        """(period, spend) of a tenant this process has seen."""
+        tenant = self._tenants.get(tenant_id)
+        return None if tenant is None or not tenant.period else (tenant.period, tenant.spend_micros)
+
+    async def add_spend(self, tenant_id: str, period: str, delta_micros: int) -> None:
+        """Add spend counted elsewhere (a past month's is dropped: it limits nobody any more)."""
+        tenant = self._tenant(tenant_id, self._period(self._wall())[0])
+        if tenant.period == period:
+            tenant.spend_micros += delta_micros
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -3,23 +3,34 @@
 Every time-dependent decision uses the Redis server's clock (`TIME`), so gateways whose clocks disagree still
 agree on bucket levels, lease expiry and the budget month. Keys of one tenant share a `{tenant}` hash tag, so a
 Redis Cluster keeps them in one slot and the scripts stay atomic there too.
+
+A concurrency slot is a lease: it ends `lease_seconds` after it was taken unless the gateway holding it renews it
+(every third of the lease while the request runs), so a crashed gateway or a settle lost to an outage frees the
+slot within one lease, while a long stream keeps its own. Only the settle that removes the lease corrects tokens
+and spend, so a settle retried after an outage (it may have run before the connection broke) counts once, and a
+reservation whose answer was lost can be cancelled safely.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 
 from fleetgate.tenancy.limits.base import Denial, LimitName, LimitSpec, Reservation, TenantCounters
 from fleetgate.tenancy.limits.memory import CONCURRENCY_RETRY_AFTER, NEVER_FITS_RETRY_AFTER
 
+log = logging.getLogger(__name__)
+
 DEFAULT_PREFIX = "fleetgate:lim:"
-DEFAULT_LEASE_SECONDS = 15 * 60.0
+DEFAULT_LEASE_SECONDS = 60.0
 SPEND_TTL_SECONDS = 40 * 86400  # outlives the month it counts, then disappears on its own
 _LIMIT_NAMES: dict[str, LimitName] = {"rpm": "rpm", "tpm": "tpm", "concurrency": "concurrency", "budget": "budget"}
 
@@ -98,38 +109,63 @@ if conc >= 0 and in_flight >= conc then deny('concurrency', conc_retry, conc, in
 local spend = tonumber(redis.call('GET', spend_key) or '0')
 if budget >= 0 and spend + cost > budget then deny('budget', math.max(0, period_end - now), budget, spend) end
 if best ~= nil then
-  return {0, best[1], fmt(best[2]), best[3], fmt(best[4]), period}
+  return {0, best[1], fmt(best[2]), best[3], fmt(best[4]), period, spend}
 end
 if rpm >= 0 then bucket_store(KEYS[1], rpm, rpm_level - 1, now) end
 if tpm >= 0 then bucket_store(KEYS[2], tpm, tpm_level - tokens, now) end
 redis.call('ZADD', KEYS[3], fmt(now + lease), ARGV[7])
 local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
 redis.call('EXPIRE', KEYS[3], math.ceil(tonumber(last[2]) - now) + 1)
-if cost ~= 0 then redis.call('INCRBY', spend_key, ARGV[6]) end
+if cost ~= 0 then spend = redis.call('INCRBY', spend_key, ARGV[6]) end
 redis.call('EXPIRE', spend_key, tonumber(ARGV[10]))
-return {1, period}
+return {1, period, spend}
 """
 )
 
 # KEYS: tpm, concurrency zset, spend key of the reservation's period. ARGV: tpm (-1 = off), token delta,
-# cost delta, request_id, spend ttl.
+# cost delta, request_id, spend ttl. Corrects only when it ends the lease (see the module docstring); returns the
+# period's spend.
 _SETTLE = (
     _LUA_BUCKETS
     + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local tpm, dtok, dcost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('ZREM', KEYS[2], ARGV[4])
+if redis.call('ZREM', KEYS[2], ARGV[4]) == 0 then
+  return tonumber(redis.call('GET', KEYS[3]) or '0')
+end
 if tpm >= 0 and dtok ~= 0 then
   bucket_store(KEYS[1], tpm, math.min(tpm, bucket_level(KEYS[1], tpm, now) - dtok), now)
 end
 if dcost ~= 0 then
-  redis.call('INCRBY', KEYS[3], ARGV[3])
+  local spend = redis.call('INCRBY', KEYS[3], ARGV[3])
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
+  return spend
 end
-return 1
+return tonumber(redis.call('GET', KEYS[3]) or '0')
 """
 )
+
+# KEYS: concurrency zset. ARGV: lease seconds, request ids. Renews the leases still held (XX: an expired one is
+# not brought back); the key lives as long as its longest lease.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local until_ = now + tonumber(ARGV[1])
+local score = string.format('%.17g', until_)
+local renewed = 0
+for i = 2, #ARGV do renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', score, ARGV[i]) end
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] ~= nil then redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(last[2]) - now) + 1) end
+return renewed
+"""
+
+# KEYS: spend key. ARGV: delta, ttl. Spend a fallback decided while Redis was unreachable; returns the new total.
+_ADD_SPEND = """
+local spend = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return spend
+"""
 
 # KEYS: rpm, tpm, concurrency zset. ARGV: rpm, tpm (-1 = off), spend key prefix.
 _COUNTERS = (
@@ -159,6 +195,7 @@ class RedisLimiter:
 
     name = "redis"
     settles_inline = False
+    idempotent_settle = True  # only the settle that ends a lease corrects anything
 
     def __init__(
         self,
@@ -185,6 +222,11 @@ class RedisLimiter:
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
         self._counters = self._redis.register_script(_COUNTERS)
+        self._renew = self._redis.register_script(_RENEW)
+        self._add_spend = self._redis.register_script(_ADD_SPEND)
+        self._spend: dict[str, tuple[str, int]] = {}  # tenant -> (period, spend) from Redis's last answer
+        self._held: dict[str, set[str]] = {}  # tenant -> request ids whose leases this process renews
+        self._renewer: asyncio.Task[None] | None = None
 
     def _key(self, tenant_id: str, suffix: str) -> str:
         """A tenant key; the braces are a Redis Cluster hash tag keeping one tenant's keys in one slot."""
@@ -194,6 +236,14 @@ class RedisLimiter:
         """Run a registered script within the deadline."""
         async with asyncio.timeout(self._deadline):
             return await script(keys=keys, args=args)
+
+    def known_spend(self, tenant_id: str) -> tuple[str, int] | None:
+        """(period, spend) from Redis's last answer about the tenant (reserve, settle, counters)."""
+        return self._spend.get(tenant_id)
+
+    def held(self, tenant_id: str) -> set[str]:
+        """Requests of the tenant that hold a lease taken by this process and not yet settled."""
+        return set(self._held.get(tenant_id, ()))
 
     async def reserve(
         self, tenant_id: str, request_id: str, spec: LimitSpec, tokens: int, cost_micros: int
@@ -216,12 +266,24 @@ class RedisLimiter:
         ]
         out = await self._run(self._reserve, keys, args)
         if int(out[0]) == 1:
-            return Reservation(tenant_id, request_id, tokens, cost_micros, _text(out[1]))
+            period = _text(out[1])
+            self._spend[tenant_id] = (period, int(out[2]))
+            self._held.setdefault(tenant_id, set()).add(request_id)
+            self._start_renewing()
+            return Reservation(tenant_id, request_id, tokens, cost_micros, period)
+        self._spend[tenant_id] = (_text(out[5]), int(out[6]))
         return Denial(_LIMIT_NAMES[_text(out[1])], float(out[2]), int(out[3]), float(out[4]))
 
     async def settle(self, reservation: Reservation, spec: LimitSpec, tokens: int, cost_micros: int) -> None:
-        """Correct tokens and spend by (actual - reserved) and free the concurrency slot."""
+        """Correct tokens and spend by (actual - reserved) and free the concurrency slot, if the lease is still
+        held (a settle that already ran, or a lease that ran out, changes nothing)."""
         tenant = reservation.tenant_id
+        held = self._held.get(tenant)
+        if held is not None:
+            # Whatever happens to this call, this process stops renewing the lease: at worst it ends on its own.
+            held.discard(reservation.request_id)
+            if not held:
+                del self._held[tenant]
         keys = [self._key(tenant, "tpm"), self._key(tenant, "conc"), self._key(tenant, f"spend:{reservation.period}")]
         args: list[str | int | float] = [
             _off(spec.tpm),
@@ -230,13 +292,28 @@ class RedisLimiter:
             reservation.request_id,
             SPEND_TTL_SECONDS,
         ]
-        await self._run(self._settle, keys, args)
+        spend = await self._run(self._settle, keys, args)
+        self._note_spend(tenant, reservation.period, int(spend))
+
+    async def add_spend(self, tenant_id: str, period: str, delta_micros: int) -> None:
+        """Add spend decided elsewhere (the in-process fallback during an outage) to the tenant's month."""
+        if delta_micros == 0:
+            return
+        key = self._key(tenant_id, f"spend:{period}")
+        spend = await self._run(self._add_spend, [key], [delta_micros, SPEND_TTL_SECONDS])
+        self._note_spend(tenant_id, period, int(spend))
+
+    def _note_spend(self, tenant_id: str, period: str, spend: int) -> None:
+        known = self._spend.get(tenant_id)
+        if known is None or known[0] <= period:  # a late settle of last month does not hide this month's spend
+            self._spend[tenant_id] = (period, spend)
 
     async def counters(self, tenant_id: str, spec: LimitSpec) -> TenantCounters:
         """Current counters of one tenant, read in one script at server time."""
         keys = [self._key(tenant_id, "rpm"), self._key(tenant_id, "tpm"), self._key(tenant_id, "conc")]
         out = await self._run(self._counters, keys, [_off(spec.rpm), _off(spec.tpm), self._key(tenant_id, "spend:")])
         requests, tokens = _text(out[0]), _text(out[1])
+        self._note_spend(tenant_id, _text(out[4]), int(out[3]))
         return TenantCounters(
             requests_available=float(requests) if requests else None,
             tokens_available=float(tokens) if tokens else None,
@@ -245,8 +322,39 @@ class RedisLimiter:
             period=_text(out[4]),
         )
 
+    async def ping(self) -> None:
+        """Raise unless Redis answers within the limiter's deadline (for /readyz)."""
+        async with asyncio.timeout(self._deadline):
+            await self._redis.ping()
+
+    async def renew_leases(self) -> int:
+        """Push back the expiry of every lease this process holds; how many were renewed."""
+        renewed = 0
+        for tenant, ids in list(self._held.items()):
+            if ids:
+                renewed += int(await self._run(self._renew, [self._key(tenant, "conc")], [repr(self._lease), *ids]))
+        return renewed
+
+    def _start_renewing(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_loop(), name="fleetgate-lease-renewer")
+
+    async def _renew_loop(self) -> None:
+        while self._held:
+            await asyncio.sleep(self._lease / 3)
+            try:
+                await self.renew_leases()
+            except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+                # Redis is down: the failover wrapper is already deciding; leases lapse on their own if it stays down.
+                log.debug("lease renewal failed: %s", type(exc).__name__)
+
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Stop renewing leases and close the connection pool."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
         await self._redis.aclose()
 
 

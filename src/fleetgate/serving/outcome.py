@@ -1,4 +1,4 @@
-"""One request's parsed body and everything observed about it on its way through the gateway."""
+"""One request's outcome: everything observed about it on its way through the gateway, read once when it ends."""
 
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
-
-from fleetgate.errors import InvalidRequest
 from fleetgate.fleet.replicas import Replica
 from fleetgate.metering.capture import Measured
 from fleetgate.metering.events import EventStatus
@@ -16,18 +13,21 @@ from fleetgate.tenancy.adapter_registry import Adapter
 
 Endpoint = Literal["chat", "completions"]
 ENDPOINT_PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+UNKNOWN_MODEL = "-"
 
 
 @dataclass(slots=True)
 class RequestOutcome:
-    """What happened to one request; metering reads it when the request ends."""
+    """What happened to one request; metering, limits and metrics read it when the request ends."""
 
     request_id: str
     endpoint: Endpoint
     tenant_id: str = ""
     key_id: str = ""
     tenant_name: str = ""
-    model: str = ""  # the base model (the replicas serve it; metering bills it, with the adapter)
+    # The base model, set only once the fleet is known to serve it: a name a client made up never becomes a metric
+    # label or a ledger row of its own (refusals before that are all recorded under UNKNOWN_MODEL).
+    model: str = UNKNOWN_MODEL
     lora: Adapter | None = None  # the LoRA adapter the request named, if any
     adapter_load: str | None = None  # "cold" when this request waited for its adapter to load, else "warm"
     stream: bool = False
@@ -42,7 +42,8 @@ class RequestOutcome:
     events: int = 0
     content_events: int = 0
     est_prompt_tokens: int = 0
-    begun: bool = False  # a start record was written
+    begun: bool = False  # a start record was written: an engine may have seen the request
+    response_started: bool = False  # the client got a status line: an error can only end the stream now
     recorded: bool = False  # the finish record was written
     # Only for tenants that opted in to the I/O log: what to keep (redacted later, off the hot path).
     request_body: bytes | None = None
@@ -72,30 +73,6 @@ class RequestOutcome:
             adapter=self.lora.name if self.lora is not None else None,
         )
 
-
-def parse_request(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
-    """Parse and minimally validate an OpenAI request body; raise InvalidRequest saying what to fix."""
-    if not body:
-        raise InvalidRequest("request body is empty: send a JSON object")
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    model = payload.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("`model` is required and must be a non-empty string", param="model")
-    if endpoint == "chat":
-        messages = payload.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise InvalidRequest("`messages` is required and must be a non-empty array", param="messages")
-    elif "prompt" not in payload:
-        raise InvalidRequest("`prompt` is required", param="prompt")
-    stream = payload.get("stream", False)
-    if not isinstance(stream, bool):
-        raise InvalidRequest("`stream` must be a boolean", param="stream")
-    options = payload.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise InvalidRequest("`stream_options` must be an object", param="stream_options")
-    return payload
+    def fail(self, status: EventStatus, http_status: int) -> None:
+        """Set how the request ended badly (the finish record, limits and metrics all read these two)."""
+        self.status, self.http_status = status, http_status

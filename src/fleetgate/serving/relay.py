@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
 import orjson
 
 from fleetgate.api.asgi import ASGISend, send_json_bytes
-from fleetgate.api.request import RequestOutcome
 from fleetgate.errors import UpstreamError
 from fleetgate.fleet.upstream import UpstreamIOError, UpstreamResponse
-from fleetgate.metering.sse import SSERelay
+from fleetgate.metering.sse import EventTooLarge, SSERelay
+from fleetgate.serving.engine_errors import client_error
+from fleetgate.serving.outcome import RequestOutcome
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+# A whole (non-streamed) answer larger than this is not an engine's completion: the request fails instead of
+# holding the gateway's memory.
+MAX_RESPONSE_BYTES = 64 << 20
+
+# The usage of a request that got no answer: nothing is billed for it.
+NOTHING_SERVED: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
 # Called once the request's usage is known and before the client gets its last byte, so that a request the
 # client saw complete is always in the outbox.
@@ -35,14 +43,12 @@ async def relay_whole(
     headers: list[tuple[bytes, bytes]],
     on_complete: OnComplete,
 ) -> None:
-    """Read the engine's whole answer, take its usage, and send it on unchanged."""
-    try:
-        data = await resp.read()
-    except (UpstreamIOError, TimeoutError) as exc:
-        raise UpstreamError(f"replica {_rid(outcome)} broke off its response ({type(exc).__name__})") from None
+    """Read the engine's whole answer, take its usage, and send it on (engine errors in OpenAI's shape)."""
+    data = await _read_bounded(resp, outcome)
     outcome.first_byte_at = time.time()
-    outcome.http_status = resp.status
-    if resp.status == 200:
+    status = resp.status
+    content_type = resp.headers.get("content-type", "application/json").encode()
+    if status == 200:
         try:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -50,20 +56,38 @@ async def relay_whole(
         if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
             outcome.usage = parsed["usage"]
     else:
-        outcome.status = "engine_error" if resp.status >= 500 else "rejected"
-    content_type = resp.headers.get("content-type", "application/json").encode()
+        status, data = client_error(status, data, _rid(outcome))
+        content_type = b"application/json"
+        outcome.status = "engine_error" if status >= 500 else "rejected"
+        outcome.usage = NOTHING_SERVED  # the engine refused the request: it generated nothing to bill
+    outcome.http_status = status
     if outcome.response_parts is not None:
         outcome.response_parts.append(data)
     on_complete(outcome)
+    outcome.response_started = True
     try:
         await send_json_bytes(
             send,
-            resp.status,
+            status,
             data,
             [(b"content-type", content_type), (b"content-length", str(len(data)).encode()), *headers],
         )
     except OSError:
         raise Disconnected() from None
+
+
+async def _read_bounded(resp: UpstreamResponse, outcome: RequestOutcome) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async for piece in resp:
+            size += len(piece)
+            if size > MAX_RESPONSE_BYTES:
+                raise UpstreamError(f"replica {_rid(outcome)} sent an answer larger than {MAX_RESPONSE_BYTES} bytes")
+            parts.append(piece)
+    except (UpstreamIOError, TimeoutError) as exc:
+        raise UpstreamError(f"replica {_rid(outcome)} broke off its response ({type(exc).__name__})") from None
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 async def relay_stream(
@@ -79,8 +103,16 @@ async def relay_stream(
     try:
         await _pump(resp, outcome, send, headers, relay, on_complete)
     finally:
+        if not relay.done:
+            _count_unsent(resp, relay)
         # Whatever way the stream ends (done, engine error, client gone, cancelled), metering sees what was relayed.
         _take(outcome, relay)
+
+
+def _count_unsent(resp: UpstreamResponse, relay: SSERelay) -> None:
+    """A cut stream: what the engine already sent (its latest running counts among it) is still its work."""
+    with contextlib.suppress(EventTooLarge):
+        relay.feed(resp.received())
 
 
 async def _pump(
@@ -91,27 +123,24 @@ async def _pump(
     relay: SSERelay,
     on_complete: OnComplete,
 ) -> None:
-    started = False
     try:
         async for data in resp:
             out = relay.feed(data)
             if not out:
                 continue
-            if not started:
-                outcome.first_byte_at = time.time()
-                await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
-                started = True
+            if not outcome.response_started:
+                await _start(send, outcome, headers)
             if outcome.response_parts is not None:
                 outcome.response_parts.append(out)
             if relay.done:
                 _take(outcome, relay)
                 on_complete(outcome)
             await send({"type": "http.response.body", "body": out, "more_body": True})
-    except (UpstreamIOError, TimeoutError) as exc:
-        if not started:
+    except (UpstreamIOError, TimeoutError, EventTooLarge) as exc:
+        if not outcome.response_started:
             raise UpstreamError(f"replica {_rid(outcome)} broke off the stream ({type(exc).__name__})") from None
         outcome.status = "timeout" if isinstance(exc, TimeoutError) else "engine_error"
-        await _end_with_error(send, f"engine stream interrupted ({type(exc).__name__})")
+        await end_stream_with_error(send, UpstreamError(f"engine stream interrupted ({type(exc).__name__})"))
         return
     except OSError:
         # The ASGI server raises OSError from send() when the client is gone (ASGI spec 2.4).
@@ -119,29 +148,38 @@ async def _pump(
     _take(outcome, relay)
     tail = relay.flush()
     try:
-        if not started:
-            outcome.first_byte_at = time.time()
-            await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
+        if not outcome.response_started:
+            await _start(send, outcome, headers)
         if not relay.done:
             outcome.status = "engine_error"
-            await _end_with_error(send, "engine stream ended without [DONE]", tail)
+            await end_stream_with_error(send, UpstreamError("engine stream ended without [DONE]"), tail)
             return
         await send({"type": "http.response.body", "body": tail, "more_body": False})
     except OSError:
         raise Disconnected() from None
 
 
+async def _start(send: ASGISend, outcome: RequestOutcome, headers: list[tuple[bytes, bytes]]) -> None:
+    outcome.first_byte_at = time.time()
+    outcome.response_started = True
+    await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
+
+
 def _take(outcome: RequestOutcome, relay: SSERelay) -> None:
-    outcome.usage, outcome.events, outcome.content_events = relay.usage, relay.events, relay.content_events
+    # A stream cut before its usage block still bills the engine's own running counts where it sends them.
+    outcome.usage = relay.usage if relay.usage is not None else relay.engine_counts()
+    outcome.events, outcome.content_events = relay.events, relay.content_events
 
 
 def _rid(outcome: RequestOutcome) -> str:
     return outcome.replica.id if outcome.replica else "?"
 
 
-async def _end_with_error(send: ASGISend, message: str, tail: bytes = b"") -> None:
-    err = UpstreamError(message)
-    event = b"data: " + orjson.dumps({"error": {"message": message, "type": err.type, "code": err.code.value}})
+async def end_stream_with_error(send: ASGISend, err: UpstreamError, tail: bytes = b"") -> None:
+    """End a started SSE stream with an OpenAI-shaped error event (the status line went out long ago)."""
+    event = b"data: " + orjson.dumps(
+        {"error": {"message": err.message, "type": err.type, "param": None, "code": err.code.value}}
+    )
     try:
         await send({"type": "http.response.body", "body": tail + event + b"\n\n", "more_body": False})
     except OSError:

@@ -1,0 +1,136 @@
+"""Which request fields each engine dialect gets from a tenant: an allowlist per engine, everything else dropped.
+
+An engine reads far more than OpenAI's fields, and several of them are controls no tenant may hold: llama-server's
+`n_predict` (an output length it prefers over `max_tokens`), `id_slot`, `lora`, `cache_prompt`, `n_keep`,
+`response_fields`; vLLM's `priority` (its own scheduling order), `kv_transfer_params`, `vllm_xargs`,
+`prompt_logprobs`, `use_beam_search`; SGLang's `lora_path` and `rid`. A denylist breaks the day an engine adds one
+more, so each dialect lists what passes: OpenAI's fields plus the engine's documented sampling and formatting
+options (the sources: llama.cpp tools/server/server-schema.cpp of the build we ship; vLLM 0.32
+ChatCompletionRequest / CompletionRequest; SGLang srt/entrypoints/openai/protocol.py). Output lengths are never
+passed as sent: the policy decided one limit (tenancy/policy.py) and `prepare` writes it as `max_tokens`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+OPENAI_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "prompt",
+        "suffix",
+        "echo",
+        "stream",
+        "stream_options",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "user",
+        "seed",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "functions",
+        "function_call",
+        "response_format",
+        "reasoning_effort",
+    }
+)
+LLAMACPP_FIELDS = OPENAI_FIELDS | {
+    "top_k",
+    "min_p",
+    "typical_p",
+    "top_n_sigma",
+    "repeat_penalty",
+    "repeat_last_n",
+    "dry_multiplier",
+    "dry_base",
+    "dry_allowed_length",
+    "dry_penalty_last_n",
+    "dry_sequence_breakers",
+    "xtc_probability",
+    "xtc_threshold",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+    "dynatemp_range",
+    "dynatemp_exponent",
+    "min_keep",
+    "samplers",
+    "grammar",
+    "json_schema",
+    "ignore_eos",
+    "n_probs",
+    "post_sampling_probs",
+    "chat_template_kwargs",
+    "reasoning_format",
+}
+VLLM_FIELDS = OPENAI_FIELDS | {
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "length_penalty",
+    "min_tokens",
+    "ignore_eos",
+    "stop_token_ids",
+    "bad_words",
+    "allowed_token_ids",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
+    "include_stop_str_in_output",
+    "structured_outputs",
+    "chat_template_kwargs",
+    "add_generation_prompt",
+    "continue_final_message",
+    "add_special_tokens",
+    "documents",
+    "truncate_prompt_tokens",
+    "include_reasoning",
+    "thinking_token_budget",
+    "return_token_ids",
+    "return_tokens_as_token_ids",
+    "cache_salt",
+}
+SGLANG_FIELDS = OPENAI_FIELDS | {
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "min_tokens",
+    "ignore_eos",
+    "stop_token_ids",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
+    "no_stop_trim",
+    "continue_final_message",
+    "separate_reasoning",
+    "stream_reasoning",
+    "chat_template_kwargs",
+    "regex",
+    "ebnf",
+}
+# Inside `stream_options`: usage is always forced on; vLLM also streams running usage when asked.
+STREAM_OPTIONS = frozenset({"include_usage"})
+VLLM_STREAM_OPTIONS = frozenset({"include_usage", "continuous_usage_stats"})
+
+
+def allowed_body(
+    payload: dict[str, Any],
+    allowed: frozenset[str],
+    stream_options: frozenset[str],
+    max_output_tokens: int | None,
+) -> dict[str, Any]:
+    """A new body of only the allowed fields, with the decided output limit as the one length field."""
+    body = {k: v for k, v in payload.items() if k in allowed}
+    options = body.get("stream_options")
+    if isinstance(options, dict):
+        body["stream_options"] = {k: v for k, v in options.items() if k in stream_options}
+    if max_output_tokens is not None:
+        body["max_tokens"] = max_output_tokens
+    return body

@@ -1,0 +1,159 @@
+"""The hot path: one completion request, as four stages over one outcome, inside the one exception boundary.
+
+    admit   (serving/admit.py)    auth -> body -> policy -> limits -> queue        a Ticket, or a refusal
+    forward (serving/forward.py)  route -> engine dialect -> upstream, retries     before any byte: retry
+    relay   (serving/relay.py)    the engine's answer, passed through as it comes  usage taken on the way
+    record  (serving/record.py)   finish record, I/O log, settle limits, metrics   always, exactly once
+
+The boundary is where the outcome is recorded: whatever ends the request (a refusal, an engine failure, the client
+leaving, the request's deadline, a bug of ours), `handle` turns it into a status first and records after, so the
+ledger never says `ok` for an answer the client did not get. docs/billing.md has the table of what each bills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from fleetgate.api.asgi import ASGIReceive, ASGISend, ClientGone, send_error
+from fleetgate.api.server import ON_DISCONNECT
+from fleetgate.config import GatewayConfig
+from fleetgate.errors import ApiError, UpstreamError, UpstreamTimeout
+from fleetgate.ids import request_id
+from fleetgate.serving.admit import Admitter, Ticket
+from fleetgate.serving.forward import Forwarder, Job
+from fleetgate.serving.outcome import Endpoint, RequestOutcome
+from fleetgate.serving.record import Recorder
+from fleetgate.serving.relay import NOTHING_SERVED, Disconnected, end_stream_with_error
+
+log = logging.getLogger(__name__)
+
+
+class CompletionHandler:
+    """Serves `/v1/chat/completions` and `/v1/completions`."""
+
+    def __init__(self, cfg: GatewayConfig, admitter: Admitter, forwarder: Forwarder, recorder: Recorder) -> None:
+        self.cfg = cfg
+        self.admitter = admitter
+        self.forwarder = forwarder
+        self.recorder = recorder
+        self.in_flight = 0
+
+    async def handle(self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend, endpoint: Endpoint) -> None:
+        """Serve one request; every way it can end is recorded here, once."""
+        outcome = RequestOutcome(request_id(), endpoint)
+        ticket: Ticket | None = None
+        self.in_flight += 1
+        try:
+            ticket = await self.admitter.admit(scope, receive, outcome)
+            await self._serve(ticket, outcome, scope, receive, send)
+        except ApiError as err:
+            await self._refuse(outcome, err, send)
+        except ClientGone:
+            # Left while its request was still being read: nothing was reserved or served, nothing to bill.
+            outcome.fail("client_abort", 499)
+            outcome.recorded = True
+        except Exception:
+            log.exception("request %s: unexpected error in the gateway", outcome.request_id)
+            outcome.fail("gateway_error", 500)
+            await self._answer(outcome, send, ApiError("internal error in the gateway; it is logged"))
+        finally:
+            self.in_flight -= 1
+            self.admitter.release(ticket)
+            await self.recorder.finish(outcome, ticket.admission if ticket is not None else None)
+
+    async def _serve(
+        self, ticket: Ticket, outcome: RequestOutcome, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend
+    ) -> None:
+        """Queue and forward, hearing the client leave, within the request's deadline."""
+        with _watching_disconnect(scope, receive, outcome) as left:
+            try:
+                async with asyncio.timeout(self.cfg.max_request_seconds):
+                    await self.admitter.queue(ticket, outcome)
+                    job = Job(ticket.payload, ticket.serving, ticket.admission.decision.max_output_tokens)
+                    await self.forwarder.forward(job, outcome, send)
+            except asyncio.CancelledError:
+                if not left.is_set():
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                outcome.fail("client_abort", 499 if not outcome.response_started else outcome.http_status)
+            except Disconnected:
+                outcome.fail("client_abort", 499 if not outcome.response_started else outcome.http_status)
+            except TimeoutError:
+                outcome.fail("timeout", 504 if not outcome.response_started else outcome.http_status)
+                err = UpstreamTimeout(
+                    f"the request ran longer than {self.cfg.max_request_seconds:.0f}s and was stopped"
+                )
+                await self._answer(outcome, send, err)
+
+    async def _refuse(self, outcome: RequestOutcome, err: ApiError, send: ASGISend) -> None:
+        # Refused by the gateway or failed by every replica: the status says whose doing it was.
+        status = {502: "engine_error", 503: "engine_error", 504: "timeout"}.get(err.status, "rejected")
+        if not outcome.begun:
+            status = "rejected"
+        elif not outcome.response_started:
+            outcome.usage = NOTHING_SERVED  # every replica failed it before a byte came back: not the tenant's doing
+        outcome.fail(status, err.status)  # type: ignore[arg-type]
+        self.recorder.refused(outcome, err.reason)
+        await self._answer(outcome, send, err)
+
+    async def _answer(self, outcome: RequestOutcome, send: ASGISend, err: ApiError) -> None:
+        """Tell the client: an error response, or an error event if its stream already started."""
+        with contextlib.suppress(Disconnected, OSError, RuntimeError):
+            if outcome.response_started:
+                await end_stream_with_error(send, UpstreamError(err.message))
+            else:
+                outcome.response_started = True
+                await send_error(send, err, outcome.request_id)
+
+
+class _Left:
+    """Set once the client is gone (a small Event without a loop binding)."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        """Mark the client gone."""
+        self._set = True
+
+    def is_set(self) -> bool:
+        """True once the client is gone."""
+        return self._set
+
+
+@contextlib.contextmanager
+def _watching_disconnect(scope: dict[str, Any], receive: ASGIReceive, outcome: RequestOutcome) -> Any:
+    """Cancel the request's task when its client leaves before the finish record (which ends the request)."""
+    task = asyncio.current_task()
+    assert task is not None
+    left = _Left()
+
+    def gone() -> None:
+        if not outcome.recorded and not left.is_set():  # after the finish record, a disconnect is the normal end
+            left.set()
+            task.cancel()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone()
+
+    # Our own server calls back when the client goes (api/server.py); any other ASGI server gets a watcher task.
+    listen = scope.get("extensions", {}).get(ON_DISCONNECT)
+    watcher = None
+    if listen is not None:
+        listen(gone)
+    else:
+        watcher = asyncio.create_task(watch())
+    try:
+        yield left
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        elif listen is not None:
+            listen(None)
