@@ -51,11 +51,13 @@ REDIS_KEY_PREFIX = "fleetgate:lim:"  # fleetgate.tenancy.limits.redis.DEFAULT_PR
 # The client never asks for usage, so every proxy must hand it exactly the engine's content and finish chunks.
 EXPECTED_CHUNKS = fake_upstream.EXPECTED_EVENTS
 GATEWAY_MODES = ("fleetgate", "fleetgate-redis")
-TARGET_ORDER = ("direct", "floor", *GATEWAY_MODES, "litellm")
+BASE_MODE = "fleetgate-base"  # the same gateway from another checkout (--base-src), for before/after in one run
+TARGET_ORDER = ("direct", "floor", "fleetgate", BASE_MODE, "fleetgate-redis", "litellm")
 ROLE_OF = {
     "direct": "engine",
     "floor": "floor",
     "fleetgate": "gateway",
+    BASE_MODE: "gateway-base",
     "fleetgate-redis": "gateway-redis",
     "litellm": "litellm",
 }
@@ -63,13 +65,14 @@ ROLE_OF = {
 # instead of the gateway quietly deciding in-process (fail_open, the default) while the row says "Redis".
 MODE_ENV: dict[str, dict[str, str]] = {
     "fleetgate": {},
+    BASE_MODE: {},
     "fleetgate-redis": {"FLEETGATE_LIMITS__BACKEND": "redis", "FLEETGATE_LIMITS__ON_REDIS_ERROR": "fail_closed"},
 }
 # A price for the fake engine's model, so every request also moves the tenant's budget counter.
 PRICE_ENV = {"FLEETGATE_PRICES__MODELS__FAKE__INPUT": "0.10", "FLEETGATE_PRICES__MODELS__FAKE__OUTPUT": "0.20"}
 # High enough never to refuse at any rate this benchmark reaches (a bucket holds a minute of traffic, full at the
 # start), yet every limit is checked and counted on every request.
-DEMO_LIMITS: dict[str, Any] = {"rpm": 10_000_000, "tpm": 10_000_000_000, "max_concurrency": 100_000, "budget": 1e9}
+DEMO_LIMITS: dict[str, Any] = {"rpm": 10_000_000, "tpm": 2_000_000_000, "max_concurrency": 100_000, "budget": 1e9}
 KEY_CACHE_POLL = 0.5  # tenancy.poll_interval: how soon a gateway sees an admin change
 
 # The goals this benchmark checks (see the verdict lines in the report).
@@ -102,6 +105,7 @@ class Settings:
     keep_logs: bool
     command: str
     plot_from: Path | None = None
+    base_src: Path | None = None  # a checkout whose src/ runs as BASE_MODE
 
 
 @dataclass
@@ -137,6 +141,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--keep-logs", action="store_true", help="keep the temporary directory with the child logs")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 s per cell, 1 round, no LiteLLM, no docs")
     p.add_argument(
+        "--base-src",
+        type=Path,
+        default=None,
+        metavar="CHECKOUT",
+        help=f"also run the gateway from this checkout (e.g. a `git worktree` of the last release) as {BASE_MODE},"
+        " interleaved with the others: before/after in one run (leaves the docs alone)",
+    )
+    p.add_argument(
         "--plot-from",
         type=Path,
         default=None,
@@ -157,14 +169,16 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         p.error(f"--modes takes a comma-separated subset of {','.join(GATEWAY_MODES)}, not {a.modes!r}")
     docs: Path | None = a.docs or DEFAULT_DOCS
     # A smoke test or a run without every gateway mode must not overwrite the full numbers.
-    if a.no_docs or (a.docs is None and a.plot_from is None and (a.quick or modes != set(GATEWAY_MODES))):
+    if a.no_docs or (a.docs is None and a.plot_from is None and (a.quick or modes != set(GATEWAY_MODES) or a.base_src)):
         docs = None
+    if a.base_src is not None and not (a.base_src / "src" / "fleetgate").is_dir():
+        p.error(f"--base-src {a.base_src} holds no src/fleetgate (give a checkout of this repository)")
     return Settings(
         duration=a.duration,
         warmup=a.warmup if a.warmup is not None else min(1.0, max(0.2, a.duration / 5)),
         rounds=a.rounds,
         concurrency=concurrency,
-        modes=[m for m in GATEWAY_MODES if m in modes],
+        modes=[m for m in GATEWAY_MODES if m in modes] + ([BASE_MODE] if a.base_src else []),
         redis_url=a.redis_url,
         litellm=not a.no_litellm,
         litellm_venv=a.litellm_venv,
@@ -175,6 +189,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         # PYTHONPATH decides which fleetgate the gateway runs (see fleetgate_source), so it belongs to the command.
         command=command_line(),
         plot_from=a.plot_from,
+        base_src=a.base_src.resolve() if a.base_src else None,
     )
 
 
@@ -219,12 +234,15 @@ def wait_port_file(child: Child, port_file: Path, what: str, timeout: float = 30
     return int(port_file.read_text())
 
 
-def start_gateway(workdir: Path, upstream_port: int, mode: str, redis_url: str) -> tuple[Child, int]:
+def start_gateway(
+    workdir: Path, upstream_port: int, mode: str, redis_url: str, base_src: Path | None = None
+) -> tuple[Child, int]:
     """Start `fleetgate up` in `mode` in front of the fake engine, with its own fresh state dir; wait for /readyz."""
     exe = Path(sys.executable).parent / "fleetgate"
     fleetgate = str(exe) if exe.exists() else shutil.which("fleetgate")
     if fleetgate is None:
         raise StartError("no `fleetgate` command next to this Python or on PATH; install the package first")
+    command = [fleetgate]
     port = free_port()
     home = workdir / mode
     home.mkdir(parents=True, exist_ok=True)
@@ -238,7 +256,13 @@ def start_gateway(workdir: Path, upstream_port: int, mode: str, redis_url: str) 
     env.update(KEY_ENV)
     if mode == "fleetgate-redis":
         env["FLEETGATE_LIMITS__REDIS_URL"] = redis_url
-    args = [fleetgate, "up", "--engine", f"http://127.0.0.1:{upstream_port}", "--port", str(port), "--no-self-test"]
+    if mode == BASE_MODE and base_src is not None:
+        # The other checkout's package first on the path, this venv's dependencies; a setting it predates is left out
+        # (its config refuses unknown fields; it always sent the routing headers this one sends when asked).
+        env["PYTHONPATH"] = str(base_src / "src")
+        env.pop("FLEETGATE_GATEWAY__EXPOSE_ROUTE_HEADERS", None)
+        command = [sys.executable, "-m", "fleetgate.cli.main"]
+    args = [*command, "up", "--engine", f"http://127.0.0.1:{upstream_port}", "--port", str(port), "--no-self-test"]
     child = start(mode, args, workdir / f"{mode}.log", env=env, cwd=home)
     try:
         wait_ready(child, f"http://127.0.0.1:{port}/readyz", 60)
@@ -582,6 +606,25 @@ def redis_comparison(agg: dict[tuple[str, int, bool], dict[str, Any]], s: Settin
     return lines
 
 
+def base_comparison(agg: dict[tuple[str, int, bool], dict[str, Any]], s: Settings) -> list[str]:
+    """This checkout against --base-src, from the same interleaved cells (empty without a base)."""
+    if BASE_MODE not in s.modes:
+        return []
+    get = _getter(agg)
+    lo, hi = min(s.concurrency), max(s.concurrency)
+    lines = []
+    for stream in (False, True):
+        mode = "stream" if stream else "non-stream"
+        p50 = _diff(get("fleetgate", lo, stream, "p50_ms"), get(BASE_MODE, lo, stream, "p50_ms"))
+        rate = _ratio(get("fleetgate", hi, stream, "rps"), get(BASE_MODE, hi, stream, "rps"))
+        cpu = _diff(get("fleetgate", hi, stream, "cpu_ms_per_req"), get(BASE_MODE, hi, stream, "cpu_ms_per_req"))
+        lines.append(
+            f"This checkout vs {BASE_MODE}, {mode}: p50 {_ms(p50, '+.3f')} ms at c={lo}; rate {_pct(rate)} of the"
+            f" base's at c={hi}; CPU {_ms(cpu, '+.3f')} ms/req at c={hi}"
+        )
+    return lines
+
+
 def floor_comparison(agg: dict[tuple[str, int, bool], dict[str, Any]], s: Settings) -> list[str]:
     """What a bare Python metering proxy reaches, and what fleetgate's features cost on top of it."""
     get = _getter(agg)
@@ -695,7 +738,11 @@ def print_report(run: Run, agg: dict[tuple[str, int, bool], dict[str, Any]], che
     console.print(table)
     for name, why in run.notes.items():
         console.print(f"{name}: n/a ({escape(why)})")
-    for line in [*redis_comparison(agg, run.settings), *floor_comparison(agg, run.settings)]:
+    for line in [
+        *redis_comparison(agg, run.settings),
+        *floor_comparison(agg, run.settings),
+        *base_comparison(agg, run.settings),
+    ]:
         console.print(escape(line))
     for v in checks:
         colour = {True: "green", False: "red", None: "yellow"}[v.ok]
@@ -780,6 +827,7 @@ def dump_json(path: Path, run: Run, agg: dict[tuple[str, int, bool], dict[str, A
         "cells": [{**c.summary(), "cpu_role": ROLE_OF[c.target]} for c in run.cells],
         "medians": [{"target": k[0], "concurrency": k[1], "stream": k[2], **v} for k, v in sorted(agg.items())],
         "redis_comparison": redis_comparison(agg, run.settings),
+        "base_comparison": base_comparison(agg, run.settings),
         "verdicts": [{"goal": v.goal, "measured": v.measured, "ok": v.ok} for v in checks],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -826,7 +874,7 @@ def start_gateways(run: Run, workdir: Path, upstream_port: int, children: list[C
             with redis_client(s.redis_url) as client:
                 run.meta["redis_version"] = client.info("server").get("redis_version")
             run.meta["redis_pid"] = pid
-        gateway, port = start_gateway(workdir, upstream_port, mode, s.redis_url)
+        gateway, port = start_gateway(workdir, upstream_port, mode, s.redis_url, s.base_src)
         children.append(gateway)
         console.print(f"{mode}: pid {gateway.pid} on :{port}, state in {workdir / mode}")
         tenant_id, run.checks[mode] = configure_limits(mode, port)

@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from fleetgate.api import openai
 from fleetgate.api.adapters import admin_adapters_router
 from fleetgate.api.admin import build_admin_app
-from fleetgate.api.errors import api_error_handler, error_response, http_exception_handler
+from fleetgate.api.errors import api_error_handler, error_response, http_exception_handler, internal_error_handler
 from fleetgate.api.iolog import iolog_routes
 from fleetgate.api.usage import admin_usage_router, usage_routes
 from fleetgate.config import AUTO_KEY, Config, EngineEndpoint
@@ -351,6 +351,10 @@ def build_app(gateway: Gateway) -> openai.FastLane:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={ApiError: api_error_handler, HTTPException: http_exception_handler},
+        exception_handlers={
+            ApiError: api_error_handler,
+            HTTPException: http_exception_handler,
+            Exception: internal_error_handler,
+        },
     )
     return openai.FastLane(app, gateway.completions)

@@ -63,7 +63,9 @@ class GatewayConfig(_Strict):
     max_request_seconds: float = Field(
         900.0, gt=0, description="a request (queue wait, generation, stream) is stopped after this long: 504"
     )
-    max_choices: int = Field(8, ge=1, le=128, description="the most completions one request may ask for (`n`)")
+    max_choices: int = Field(
+        16, ge=1, le=1024, description="the most completions one request may ask for (`n` x prompts in a batch)"
+    )
     expose_route_headers: bool = Field(
         False, description="answer with x-fleetgate-replica/-route/-adapter-load (fleet topology) to every client"
     )

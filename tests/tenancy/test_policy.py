@@ -142,8 +142,10 @@ def test_images_tools_and_response_formats_count() -> None:
 def test_n_and_batched_prompts_multiply_the_output_reservation() -> None:
     decision = apply_policy(_tenant(), {"prompt": ["a", "b", "c"], "max_tokens": 10, "n": 4})
     assert decision.choices == 12 and decision.reserve_output_tokens == 120
-    with pytest.raises(InvalidRequest, match="`n` must be an integer from 1 to 8"):
+    with pytest.raises(InvalidRequest, match="`n` must be an integer from 1 to 16"):
         apply_policy(_tenant(), {"prompt": "hi", "n": 1000})
+    with pytest.raises(InvalidRequest, match="asks for 40 completions"):  # the batch multiplies too
+        apply_policy(_tenant(), {"prompt": ["a"] * 10, "n": 4})
 
 
 def test_unset_max_tokens_reserves_the_real_worst_case() -> None:

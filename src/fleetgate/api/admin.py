@@ -14,11 +14,12 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fleetgate.api.errors import error_response
+from fleetgate.api.errors import error_response, http_exception_handler, internal_error_handler
 from fleetgate.errors import ApiError, InvalidRequest, NotFound
 from fleetgate.fleet.replicas import ReplicaRegistry
 from fleetgate.tenancy.failures import FailureLimiter
@@ -32,15 +33,17 @@ class KeyCreate(BaseModel):
     """Body of `POST /admin/tenants/{external_id}/keys`."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(None, max_length=100)
-    expires_in_days: float | None = Field(None, gt=0)
+    name: str | None = Field(None, max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")
+    expires_in_days: float | None = Field(None, gt=0, le=36_500, allow_inf_nan=False)
 
 
 class KeyRotate(BaseModel):
     """Body of `POST /admin/keys/{key_id}/rotate`."""
 
     model_config = ConfigDict(extra="forbid")
-    grace_seconds: float = Field(0, ge=0, description="how long the old key keeps working")
+    grace_seconds: float = Field(
+        0, ge=0, le=365 * 86_400, allow_inf_nan=False, description="how long the old key keeps working (at most a year)"
+    )
 
 
 class TenantUpsert(BaseModel):
@@ -120,6 +123,8 @@ def build_admin_app(
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(HTTPException, http_exception_handler)  # FastAPI's own (a body that is not UTF-8)
+    app.add_exception_handler(Exception, internal_error_handler)
 
     @app.get("/tenants", response_model=list[TenantView], summary="List tenants")
     async def list_tenants(include_deleted: bool = False) -> list[TenantView]:

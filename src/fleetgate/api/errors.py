@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import orjson
@@ -10,6 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fleetgate.errors import ApiError, ErrorCode, InvalidRequest, NotFound
+
+log = logging.getLogger(__name__)
 
 
 def error_payload(err: ApiError) -> bytes:
@@ -50,3 +53,9 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
         f"{request.method} {request.url.path}: {exc.detail}", status=exc.status_code, code=ErrorCode.INVALID_REQUEST
     )
     return error_response(err)
+
+
+async def internal_error_handler(request: Request, exc: Exception) -> Response:
+    """Any other exception of a non-hot-path endpoint: logged, answered as an OpenAI-shaped 500 (not plain text)."""
+    log.error("unexpected error serving %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(ApiError("internal error in the gateway; it is logged"), request.headers.get("x-request-id"))

@@ -86,7 +86,9 @@ def admin_usage_router(ledger: SqlLedger, rating: Rating) -> APIRouter:
         since: date | None = Query(None, description="first UTC day (default: first of this month)"),
         until: date | None = Query(None, description="last UTC day, inclusive (default: today)"),
         tenant: str | None = Query(None, description="only this tenant (external id)"),
-        price_book: int | None = Query(None, description="re-rate the period with this price book version"),
+        price_book: int | None = Query(
+            None, ge=1, le=2**31 - 1, description="re-rate the period with this price book version"
+        ),
     ) -> UsageReport:
         start, end = window(since, until)
         try:

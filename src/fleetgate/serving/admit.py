@@ -6,6 +6,7 @@ Everything here happens before any engine sees the request, so a refusal costs t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,9 +159,12 @@ def _read_scheduling_headers(scope: dict[str, Any], outcome: RequestOutcome) -> 
             outcome.session = bytes(value).decode("latin-1").strip()[:256] or None
         elif key == b"x-fleetgate-queue-timeout":
             try:
-                outcome.queue_timeout = max(0.0, float(bytes(value)))
+                seconds = float(bytes(value))
             except ValueError:
-                raise InvalidRequest("x-fleetgate-queue-timeout must be a number of seconds") from None
+                seconds = math.nan
+            if not math.isfinite(seconds) or seconds < 0:
+                raise InvalidRequest("x-fleetgate-queue-timeout must be a finite, non-negative number of seconds")
+            outcome.queue_timeout = seconds
 
 
 def _header(scope: dict[str, Any], name: bytes) -> bytes | None:

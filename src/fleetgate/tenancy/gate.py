@@ -70,7 +70,7 @@ class TenantGate:
         adapter: str | None = None,
         started_at: float | None = None,
         context_window: int | None = None,
-        max_choices: int = 8,
+        max_choices: int = 16,
     ) -> Admission:
         """Apply the tenant's policy and reserve its limits; raise 403/400/429 with what to fix.
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from fleetgate.tenancy.limits.base import LimitSpec
 
@@ -14,6 +14,11 @@ Priority = Literal["interactive", "standard", "batch"]
 MaxTokensPolicy = Literal["clamp", "reject"]
 ALL_MODELS = "*"
 MICROS = 1_000_000
+INT32 = 2**31 - 1  # the store's INTEGER columns (PostgreSQL int4): a larger limit is refused with a 400, not stored
+MAX_BUDGET = 10**12  # currency units per month; its micro-units still fit the BIGINT column
+MAX_RETENTION_DAYS = 36_500.0
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"  # names are shown in tables and logs; PostgreSQL refuses NUL in text
+Name = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=_NO_CONTROL)]
 
 
 class TenantSpec(BaseModel):
@@ -22,21 +27,27 @@ class TenantSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     external_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$")
-    name: str | None = Field(None, max_length=200)
+    name: str | None = Field(None, max_length=200, pattern=_NO_CONTROL)
     status: Literal["active", "suspended"] = "active"
     priority: Priority = "standard"
     weight: int = Field(1, ge=1, le=1000, description="share of the fleet under contention (fair queuing)")
-    rpm: int | None = Field(None, ge=1, description="requests per minute")
-    tpm: int | None = Field(None, ge=1, description="tokens per minute (prompt + completion)")
-    max_concurrency: int | None = Field(None, ge=1)
-    budget: float | None = Field(None, ge=0, description="spend cap per calendar month, in currency units")
-    max_input_tokens: int | None = Field(None, ge=1)
-    max_output_tokens: int | None = Field(None, ge=1)
+    rpm: int | None = Field(None, ge=1, le=INT32, description="requests per minute")
+    tpm: int | None = Field(None, ge=1, le=INT32, description="tokens per minute (prompt + completion)")
+    max_concurrency: int | None = Field(None, ge=1, le=INT32)
+    budget: float | None = Field(
+        None, ge=0, le=MAX_BUDGET, allow_inf_nan=False, description="spend cap per calendar month, in currency units"
+    )
+    max_input_tokens: int | None = Field(None, ge=1, le=INT32)
+    max_output_tokens: int | None = Field(None, ge=1, le=INT32)
     max_tokens_policy: MaxTokensPolicy = "clamp"
-    models: list[str] = Field(default_factory=lambda: [ALL_MODELS], description='allowed models; ["*"] = all')
-    adapters: list[str] = Field(default_factory=list, description="allowed LoRA adapters")
+    models: list[Name] = Field(
+        default_factory=lambda: [ALL_MODELS], max_length=1000, description='allowed models; ["*"] = all'
+    )
+    adapters: list[Name] = Field(default_factory=list, max_length=1000, description="allowed LoRA adapters")
     io_log: bool = Field(False, description="keep this tenant's requests and responses in the I/O log")
-    io_log_retention_days: float | None = Field(None, gt=0, description="default: iolog.default_retention_days")
+    io_log_retention_days: float | None = Field(
+        None, gt=0, le=MAX_RETENTION_DAYS, allow_inf_nan=False, description="default: iolog.default_retention_days"
+    )
 
     @field_validator("models", "adapters")
     @classmethod

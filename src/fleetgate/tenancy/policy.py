@@ -51,12 +51,18 @@ def check_model(tenant: Tenant, model: str) -> None:
 
 
 def apply_policy(
-    tenant: Tenant, payload: dict[str, Any], context_window: int | None = None, max_choices: int = 8
+    tenant: Tenant, payload: dict[str, Any], context_window: int | None = None, max_choices: int = 16
 ) -> PolicyDecision:
     """Enforce the tenant's caps and the request's own bounds; estimate the worst case. Never edits `payload`."""
     prompt = estimate_prompt(payload)
     _check_input(tenant, payload, prompt.tokens)
     choices = _choices(payload, max_choices) * prompt.prompts
+    if choices > max_choices:  # each prompt of a batch is a sequence of its own on the engine
+        raise InvalidRequest(
+            f"this request asks for {choices} completions (`n` x {prompt.prompts} prompts); at most {max_choices}"
+            " per request: split the batch",
+            param="prompt",
+        )
     field, requested = _requested_length(payload)
     limit, clamped = _output_limit(tenant, field, requested)
     room = _context_room(context_window, prompt.tokens, limit, field)

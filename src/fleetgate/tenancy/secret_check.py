@@ -55,9 +55,9 @@ class SecretCheck:
         self.verify(authorization, client=client)
 
     def verify(self, authorization: bytes | str | None, *, client: str | None = None) -> None:
-        """The synchronous check behind `__call__`."""
-        if self._failures is not None:
-            self._failures.check(client)
+        """The synchronous check behind `__call__`. The right secret always passes, even from an address that
+        failed too often (comparing costs no store lookup, and a prober behind the same NAT must not lock the operator
+        out); a wrong one from such an address gets 429 instead of 401."""
         if not self._expected:
             raise AuthenticationFailed(self._disabled)
         scheme, token = _token(authorization)
@@ -67,5 +67,6 @@ class SecretCheck:
             matched |= hmac.compare_digest(given, expected)
         if scheme.lower() != "bearer" or not token or not matched:
             if self._failures is not None:
+                self._failures.check(client)
                 self._failures.failed(client)
             raise AuthenticationFailed(self._asked)
