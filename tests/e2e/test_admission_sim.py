@@ -260,7 +260,7 @@ async def test_context_overflow_is_400_before_any_engine(engines: list[str], gat
         async with http.post(f"{gateway}/v1/chat/completions", json=body, headers=headers) as resp:
             status, error = resp.status, orjson.loads(await resp.read())["error"]
         assert status == 400, error
-        assert error["param"] == "max_tokens" and f"({context} tokens)" in error["message"], error
+        assert error["param"] == "max_tokens" and f"context window of {context} tokens" in error["message"], error
         assert await engine_requests() == seen  # refused by the gateway: no engine saw it
 
         fits = {**BODY, "stream": False, "max_tokens": 16}

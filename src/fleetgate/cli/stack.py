@@ -158,8 +158,9 @@ async def _self_test(state: RunState, key: str, model: str) -> str:
         if resp.status != 200:
             return f"self-test request failed ({resp.status}): {data}"
         text = data["choices"][0]["message"]["content"].strip().replace("\n", " ")
-        replica = resp.headers.get("x-fleetgate-replica")
-        return f"self-test: {model} on {replica} answered {text!r} ({data['usage']['completion_tokens']} tokens)"
+        replica = resp.headers.get("x-fleetgate-replica")  # sent only with gateway.expose_route_headers
+        where = f" on {replica}" if replica else ""
+        return f"self-test: {model}{where} answered {text!r} ({data['usage']['completion_tokens']} tokens)"
 
 
 def up(
@@ -199,7 +200,8 @@ def up(
             print_banner(state, key, config, "fleetgate is up")
         if self_test and state.model_alias and config.gateway.demo_api_key:
             try:
-                console.print(await _self_test(state, key, state.model_alias), highlight=False)
+                line = await _self_test(state, key, state.model_alias)
+                console.print(line, soft_wrap=True, crop=False, highlight=False, markup=False)  # one line, as answered
             except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
                 console.print(f"[yellow]self-test request failed: {exc}[/]")
         if not as_json:
