@@ -231,7 +231,11 @@ class PricesConfig(_Strict):
         "per_token", description="rating policy of budgets and of `fleetgate usage` (no_cache_discount: cached = input)"
     )
     refresh_interval: float = Field(
-        1.0, gt=0, le=60, description="seconds between the gateway's checks for a new price book version"
+        5.0,
+        gt=0,
+        le=60,
+        description="seconds between the gateway's checks for a new price book version (a new book comes into force"
+        " 2 x this + 1 s after it is set, so every gateway holds it by then)",
     )
 
     @model_validator(mode="after")

@@ -19,14 +19,17 @@ def _has_usage(data: bytes) -> bool:
     return b'"usage":{' in data or b'"usage": {' in data
 
 
-def _ends_stream(complete: bytes) -> bool:
+def _ends_stream(complete: bytes, delim: bytes) -> bool:
     """True if one of these whole events is the end marker: a `data:` line whose whole value is `[DONE]`.
 
     A JSON string cannot hold a raw newline, so `[DONE]` inside generated text (`"content":" [DONE]"`) never
-    stands alone on a line; only a line of its own ends the stream."""
-    if b"[DONE]" not in complete:  # the common case: one substring scan in C
-        return False
-    return any(line.startswith(b"data:") and line[5:].strip() == b"[DONE]" for line in complete.splitlines() if line)
+    stands alone on a line; only a line of its own ends the stream. The caller checked that `[DONE]` occurs."""
+    marker = b"data: [DONE]" + delim  # how vLLM, llama.cpp and SGLang end a stream: found with two scans in C
+    if complete.startswith(marker) or delim + marker in complete:
+        return True
+    return any(  # any other spelling (`data:[DONE]`, a trailing space, an `event:` line before it)
+        line.startswith(b"data:") and line[5:].strip() == b"[DONE]" for line in complete.splitlines() if line
+    )
 
 
 class SSERelay:
@@ -75,7 +78,7 @@ class SSERelay:
         complete, self._buf = buf[:cut], buf[cut:]
         self.events += complete.count(self._delim)
         self.content_events += _content_count(complete)
-        if _ends_stream(complete):
+        if b"[DONE]" in complete and _ends_stream(complete, self._delim):  # the first test is the common exit
             self.done = True
         if b'"timings"' in complete:
             self._last_timings = complete

@@ -79,9 +79,7 @@ class Forwarder:
         )
         bodies: dict[str, bytes] = {}  # per engine kind, built once each
         tried: set[str] = set()
-        last_error: ApiError = UpstreamUnavailable(
-            f"no healthy replica serves `{outcome.model}` right now; retry shortly", retry_after=2
-        )
+        last_error: ApiError | None = None  # built only when needed: most requests never fail
         for attempt in range(self.cfg.retries + 1):
             decision = self._route(route_request, job.serving, tried)
             if decision is None:
@@ -101,7 +99,9 @@ class Forwarder:
                             decision.replica.id, exc.message)  # fmt: skip
                 if attempt < self.cfg.retries:
                     await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))  # jitter: no thundering herd
-        raise last_error
+        raise last_error or UpstreamUnavailable(
+            f"no healthy replica serves `{outcome.model}` right now; retry shortly", retry_after=2
+        )
 
     @staticmethod
     def _force_usage(payload: dict[str, Any], outcome: RequestOutcome) -> bool:

@@ -18,11 +18,11 @@ import logging
 from typing import Any
 
 from fleetgate.api.asgi import ASGIReceive, ASGISend, ClientGone, send_error
-from fleetgate.api.server import ON_DISCONNECT
 from fleetgate.config import GatewayConfig
 from fleetgate.errors import ApiError, UpstreamError, UpstreamTimeout
 from fleetgate.ids import request_id
 from fleetgate.serving.admit import Admitter, Ticket
+from fleetgate.serving.ending import Ending
 from fleetgate.serving.forward import Forwarder, Job
 from fleetgate.serving.outcome import Endpoint, RequestOutcome
 from fleetgate.serving.record import Recorder
@@ -68,25 +68,31 @@ class CompletionHandler:
         self, ticket: Ticket, outcome: RequestOutcome, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend
     ) -> None:
         """Queue and forward, hearing the client leave, within the request's deadline."""
-        with _watching_disconnect(scope, receive, outcome) as left:
-            try:
-                async with asyncio.timeout(self.cfg.max_request_seconds):
-                    await self.admitter.queue(ticket, outcome)
-                    job = Job(ticket.payload, ticket.serving, ticket.admission.decision.max_output_tokens)
-                    await self.forwarder.forward(job, outcome, send)
-            except asyncio.CancelledError:
-                if not left.is_set():
-                    raise
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        ending = Ending(outcome)
+        ending.start(scope, receive, self.cfg.max_request_seconds)
+        try:
+            await self.admitter.queue(ticket, outcome)
+            job = Job(ticket.payload, ticket.serving, ticket.admission.decision.max_output_tokens)
+            await self.forwarder.forward(job, outcome, send)
+        except asyncio.CancelledError:
+            if ending.reason is None:
+                raise  # not ours: the server is shutting down
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            if ending.reason == "client_left":
                 outcome.fail("client_abort", 499 if not outcome.response_started else outcome.http_status)
-            except Disconnected:
-                outcome.fail("client_abort", 499 if not outcome.response_started else outcome.http_status)
-            except TimeoutError:
-                outcome.fail("timeout", 504 if not outcome.response_started else outcome.http_status)
-                err = UpstreamTimeout(
-                    f"the request ran longer than {self.cfg.max_request_seconds:.0f}s and was stopped"
-                )
-                await self._answer(outcome, send, err)
+            else:
+                await self._deadline_passed(outcome, send)
+        except Disconnected:
+            outcome.fail("client_abort", 499 if not outcome.response_started else outcome.http_status)
+        finally:
+            ending.stop()
+
+    async def _deadline_passed(self, outcome: RequestOutcome, send: ASGISend) -> None:
+        outcome.fail("timeout", 504 if not outcome.response_started else outcome.http_status)
+        seconds = self.cfg.max_request_seconds
+        await self._answer(
+            outcome, send, UpstreamTimeout(f"the request ran longer than {seconds:.0f}s and was stopped")
+        )
 
     async def _refuse(self, outcome: RequestOutcome, err: ApiError, send: ASGISend) -> None:
         # Refused by the gateway or failed by every replica: the status says whose doing it was.
@@ -107,53 +113,3 @@ class CompletionHandler:
             else:
                 outcome.response_started = True
                 await send_error(send, err, outcome.request_id)
-
-
-class _Left:
-    """Set once the client is gone (a small Event without a loop binding)."""
-
-    __slots__ = ("_set",)
-
-    def __init__(self) -> None:
-        self._set = False
-
-    def set(self) -> None:
-        """Mark the client gone."""
-        self._set = True
-
-    def is_set(self) -> bool:
-        """True once the client is gone."""
-        return self._set
-
-
-@contextlib.contextmanager
-def _watching_disconnect(scope: dict[str, Any], receive: ASGIReceive, outcome: RequestOutcome) -> Any:
-    """Cancel the request's task when its client leaves before the finish record (which ends the request)."""
-    task = asyncio.current_task()
-    assert task is not None
-    left = _Left()
-
-    def gone() -> None:
-        if not outcome.recorded and not left.is_set():  # after the finish record, a disconnect is the normal end
-            left.set()
-            task.cancel()
-
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone()
-
-    # Our own server calls back when the client goes (api/server.py); any other ASGI server gets a watcher task.
-    listen = scope.get("extensions", {}).get(ON_DISCONNECT)
-    watcher = None
-    if listen is not None:
-        listen(gone)
-    else:
-        watcher = asyncio.create_task(watch())
-    try:
-        yield left
-    finally:
-        if watcher is not None:
-            watcher.cancel()
-        elif listen is not None:
-            listen(None)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from fleetgate.config import EngineKind
-from fleetgate.fleet.engines.request_fields import OPENAI_FIELDS, STREAM_OPTIONS, allowed_body
+from fleetgate.fleet.engines.request_fields import LENGTH_ALIASES, OPENAI_FIELDS, STREAM_OPTIONS, allowed_body
 
 
 @dataclass(frozen=True)
@@ -60,13 +61,18 @@ class EngineAdapter:
     # cut before the usage block (the client left) still bills exactly what the engine computed and cached.
     stream_fields: tuple[tuple[str, Any], ...] = ()
 
+    @cached_property
+    def accepted_fields(self) -> frozenset[str]:
+        """The allowed fields and the output-length fields (which `prepare` replaces): what a usual body holds."""
+        return self.request_fields | LENGTH_ALIASES
+
     def prepare(self, body: dict[str, Any], tenant_id: str, max_output_tokens: int | None = None) -> dict[str, Any]:
         """The body this engine gets: allowed fields only, the policy's output limit, the tenant's cache salt.
 
         Slot pins (`id_slot`) and per-request adapters (`lora`) never pass: a client's pin could queue behind or
         displace other tenants' requests and turns off llama-server's prompt-cache search (docs/architecture.md,
         "llama.cpp slots"); adapters are chosen by the gateway's catalog, never by a body field."""
-        sent = allowed_body(body, self.request_fields, self.stream_options, max_output_tokens)
+        sent = allowed_body(body, self.request_fields, self.stream_options, max_output_tokens, self.accepted_fields)
         if self.stream_fields and sent.get("stream") is True:
             sent.update(self.stream_fields)
         if self.salts_cache:

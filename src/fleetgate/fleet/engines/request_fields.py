@@ -115,6 +115,8 @@ SGLANG_FIELDS = OPENAI_FIELDS | {
     "regex",
     "ebnf",
 }
+# Output lengths every engine reads (llama.cpp's n_predict, with the other two as its aliases): never passed as sent.
+LENGTH_ALIASES = frozenset({"max_tokens", "max_completion_tokens", "n_predict"})
 # Inside `stream_options`: usage is always forced on; vLLM also streams running usage when asked.
 STREAM_OPTIONS = frozenset({"include_usage"})
 VLLM_STREAM_OPTIONS = frozenset({"include_usage", "continuous_usage_stats"})
@@ -125,11 +127,19 @@ def allowed_body(
     allowed: frozenset[str],
     stream_options: frozenset[str],
     max_output_tokens: int | None,
+    accepted: frozenset[str] | None = None,
 ) -> dict[str, Any]:
-    """A new body of only the allowed fields, with the decided output limit as the one length field."""
-    body = {k: v for k, v in payload.items() if k in allowed}
+    """A new body of only the allowed fields, with the decided output limit as the one length field (`accepted`:
+    `allowed` with the length fields, precomputed by the caller)."""
+    # The usual body has only allowed fields and length fields: one set comparison in C, not a test per field.
+    if payload.keys() <= (accepted if accepted is not None else allowed | LENGTH_ALIASES):
+        body = payload.copy()
+        for name in LENGTH_ALIASES:
+            body.pop(name, None)
+    else:
+        body = {k: v for k, v in payload.items() if k in allowed}
     options = body.get("stream_options")
-    if isinstance(options, dict):
+    if isinstance(options, dict) and not options.keys() <= stream_options:
         body["stream_options"] = {k: v for k, v in options.items() if k in stream_options}
     if max_output_tokens is not None:
         body["max_tokens"] = max_output_tokens
