@@ -24,7 +24,7 @@ class FakeEngine:
     """Behaviour knobs and what the engine saw."""
 
     model: str = "fake"
-    mode: str = "ok"  # ok | error500 | error400 | hang | break | slow | no_done | drop_first
+    mode: str = "ok"  # ok | error500 | error400 | hang | stall | break | slow | no_done | drop_first
     chunks: int = 4
     chunks_from_max_tokens: bool = False  # stream exactly max_tokens chunks (length varies per request)
     delay: float = 0.0
@@ -145,6 +145,11 @@ class FakeEngine:
         chunks = int(body.get("max_tokens") or self.chunks) if self.chunks_from_max_tokens else self.chunks
         try:
             for i in range(chunks):
+                if self.mode == "stall" and i == 2:  # stalled mid-stream: alive, connected, silent until cut off
+                    while request.transport is not None and not request.transport.is_closing():
+                        await asyncio.sleep(0.05)
+                    self.cancelled += 1
+                    return resp
                 if self.mode == "break" and i == 2:
                     assert request.transport is not None
                     request.transport.close()

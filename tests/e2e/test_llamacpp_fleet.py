@@ -172,3 +172,24 @@ def _process_state(pid: int) -> str:
     except OSError:
         return "gone"
     return fields[0] if fields[0] == "Z" else f"state {fields[0]}, parent {fields[1]}"
+
+
+def test_engine_native_lengths_cannot_pass_a_tenants_cap(llama_stack: Stack) -> None:
+    """Issue 17.5 on the real engine: llama-server prefers `n_predict` to `max_tokens`, and `n_predict: -1` streamed
+    without end; a tenant capped at 3 output tokens gets at most 3, however it asks."""
+    assert llama_stack.cli("tenants", "create", "capped3", "--max-output-tokens", "3", "--json").returncode == 0
+    created = llama_stack.cli("keys", "create", "capped3", "--json")
+    sdk = _client(llama_stack, json.loads(created.stdout)["key"])
+    prompt = "Count from one to one hundred in words:"
+    for extra in ({"n_predict": 10}, {"n_predict": -1, "ignore_eos": True}, {"max_completion_tokens": 50}):
+        done = sdk.completions.create(model="smollm2", prompt=prompt, extra_body=extra)
+        assert done.usage is not None and done.usage.completion_tokens <= 3, (extra, done.usage)
+    chunks = sdk.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": prompt}],
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"n_predict": -1, "ignore_eos": True},
+    )
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert len(usage) == 1 and usage[0].completion_tokens <= 3

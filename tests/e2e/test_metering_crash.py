@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
 from tests.e2e.conftest import DEMO_KEY, FLEETGATE, KEY_ENV
@@ -32,21 +33,19 @@ class Gateway:
 class Harness:
     """Starts, kills and restarts gateways that share one state dir (database + outbox)."""
 
-    def __init__(self, tmp: Path, engine: FakeEngine) -> None:
+    def __init__(self, tmp: Path, engine: FakeEngine, db_url: str) -> None:
         self.tmp = tmp
         self.engine = engine
+        self.db_url = db_url
         self.env = {
             **os.environ,
             "FLEETGATE_STATE_DIR": str(tmp / "state"),
+            "FLEETGATE_DATABASE__URL": db_url,
             "FLEETGATE_METERING__FLUSH_INTERVAL": "0.3",
             **KEY_ENV,
         }
         self.procs: list[subprocess.Popen[bytes]] = []
         self.starts = 0
-
-    @property
-    def db(self) -> Path:
-        return self.tmp / "state" / "fleetgate.db"
 
     async def start(self) -> Gateway:
         port = free_port()
@@ -72,25 +71,34 @@ class Harness:
                 await asyncio.sleep(0.1)
         pytest.fail("gateway did not become ready")
 
-    def rows(self) -> dict[str, tuple[str, int, int, str]]:
-        if not self.db.exists():
-            return {}
-        with sqlite3.connect(self.db) as conn:
-            try:
-                found = conn.execute(
-                    "SELECT event_id, status, prompt_tokens, completion_tokens, usage_source FROM usage_events"
-                ).fetchall()
-            except sqlite3.OperationalError:
+    async def rows(self) -> dict[str, tuple[str, int, int, str]]:
+        query = "SELECT event_id, status, prompt_tokens, completion_tokens, usage_source FROM usage_events"
+        if self.db_url.startswith("sqlite"):
+            path = Path(self.db_url.removeprefix("sqlite:///"))
+            if not path.exists():
                 return {}
+            with sqlite3.connect(path) as conn:
+                try:
+                    found = conn.execute(query).fetchall()
+                except sqlite3.OperationalError:
+                    return {}
+        else:
+            conn = await asyncpg.connect(self.db_url)
+            try:
+                found = await conn.fetch(query)
+            except asyncpg.UndefinedTableError:
+                return {}
+            finally:
+                await conn.close()
         return {r[0]: (r[1], r[2], r[3], r[4]) for r in found}
 
     async def wait_rows(self, ids: set[str], timeout: float = 30) -> dict[str, tuple[str, int, int, str]]:
         for _ in range(int(timeout / 0.2)):
-            rows = self.rows()
+            rows = await self.rows()
             if ids <= set(rows):
                 return rows
             await asyncio.sleep(0.2)
-        return self.rows()
+        return await self.rows()
 
     def stop_all(self) -> None:
         for proc in self.procs:
@@ -105,10 +113,11 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+async def harness(tmp_path: Path, db_url: str) -> AsyncIterator[Harness]:
+    """Gateways over one state dir, their ledger in SQLite (the default) or in PostgreSQL (db_url runs both)."""
     engine = FakeEngine(model="smollm2", chunks_from_max_tokens=True, delay=0.05)
     await engine.start()
-    h = Harness(tmp_path, engine)
+    h = Harness(tmp_path, engine, db_url)
     try:
         yield h
     finally:
@@ -161,10 +170,13 @@ async def test_kill_mid_flight_and_after_completion(harness: Harness) -> None:
         completed2 = {rid for rid, done in results2 if rid and done}
         assert len(completed2) == 50
 
-        # Phase 3: a third start adopts both dead outboxes.
-        await harness.start()
+        # Phase 3: a third start adopts both dead outboxes, and serves again.
+        third = await harness.start()
         expected = completed | cut | completed2
         rows = await harness.wait_rows(expected)
+        served = harness.engine.served
+        after, done = await _stream(http, third.url, 3)
+        assert after is not None and done
     missing = expected - set(rows)
     assert not missing, f"{len(missing)} requests missing from the ledger"
     # The kill can also land after a request was routed (its start record written) and before its response
@@ -179,4 +191,4 @@ async def test_kill_mid_flight_and_after_completion(harness: Harness) -> None:
         assert status == "gateway_lost", (rid, rows[rid])
         assert prompt > 0 and completion == 0
     # Exactly once: the primary key would reject a duplicate row, and every request the engine served has its row.
-    assert len(expected) <= harness.engine.served <= len(rows)
+    assert len(expected) <= served <= len(rows)

@@ -182,3 +182,17 @@ async def test_client_abort_mid_stream_bills_what_was_relayed(
     assert row.usage_source in ("partial_count", "estimate") and row.completion_tokens >= 1
     await wait_until(lambda: fake.cancelled == 1, what="the engine request to be cancelled")
     assert (await _counters(gw)).in_flight == 0
+
+
+async def test_an_engine_stalled_mid_stream_is_cut_and_bills_what_was_relayed(
+    fake: FakeEngine, http: aiohttp.ClientSession
+) -> None:
+    fake.mode, fake.chunks = "stall", 10
+    async with running_gateway([fake.url], sections=PRICED, idle_timeout=1.0) as gw:
+        resp = await post(http, gw, {**CHAT, "stream": True})
+        events = sse_events(await resp.read())
+        assert resp.status == 200 and '"error"' in events[-1] and "interrupted" in events[-1]
+        row = await ledger_row(gw, resp.headers["x-request-id"])
+        assert (row.status, row.completion_tokens) == ("timeout", 2) and row.billable
+        await wait_until(lambda: fake.cancelled == 1, what="the stalled engine request to be closed")
+        assert (await _counters(gw)).in_flight == 0
