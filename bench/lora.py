@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_keys import ADMIN_KEY, KEY_ENV
 from fleetgate.config import LocalFleetConfig
-from fleetgate.fleet.local.model import resolve_model
-from fleetgate.fleet.local.vllm_env import cached_env, install_vllm_env
-from fleetgate.fleet.local.vllm_launcher import VllmLauncher, demo_adapter, ensure_hf_model
+from fleetgate.local.model import resolve_model
+from fleetgate.local.vllm_env import cached_env, install_vllm_env
+from fleetgate.local.vllm_launcher import VllmLauncher, demo_adapter, ensure_hf_model
 from procs import Child, free_port, start, wait_ready
 from report import DEFAULT_DOCS, machine_info, machine_line, update_docs
 

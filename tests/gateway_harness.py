@@ -12,11 +12,10 @@ from typing import Any
 
 import uvicorn
 
-from fleetgate.api.server import uvicorn_config
-from fleetgate.app import Gateway, build_app, build_gateway, remote_replicas
 from fleetgate.config import Config, EngineEndpoint
 from fleetgate.fleet.replicas import ReplicaRegistry
-from fleetgate.stack import GatewayServer, bind_socket
+from fleetgate.gateway.app import Gateway, build_app, build_gateway, remote_replicas
+from fleetgate.http.server import GatewayServer, bind_socket, uvicorn_config
 from tests.keys import ADMIN_KEY, DEMO_KEY
 
 

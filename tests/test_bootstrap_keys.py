@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fleetgate.app import seed_demo_tenant
 from fleetgate.config import AUTO_KEY, Config, GatewayConfig
-from fleetgate.errors import ConfigError
+from fleetgate.domain.errors import ConfigError
+from fleetgate.gateway.app import seed_demo_tenant
 from fleetgate.tenancy.bootstrap_keys import (
     PUBLISHED_ADMIN_KEY,
     PUBLISHED_DEMO_KEY,

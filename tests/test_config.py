@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fleetgate.config import Config, env_overrides, load_config
-from fleetgate.errors import ConfigError
+from fleetgate.domain.errors import ConfigError
 
 
 def test_defaults_need_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from fleetgate.api.errors import error_headers, error_payload
-from fleetgate.errors import (
+from fleetgate.domain.errors import (
     ApiError,
     AuthenticationFailed,
     InvalidRequest,
@@ -17,6 +16,7 @@ from fleetgate.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from fleetgate.http.errors import error_headers, error_payload
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from fleetgate.ids import request_id, uuid7
+from fleetgate.domain.ids import request_id, uuid7
 
 
 def test_uuid7_version_variant_and_time() -> None:

@@ -13,10 +13,10 @@ from starlette.applications import Starlette
 
 from fleetgate.api.iolog import iolog_routes
 from fleetgate.config import IOLogConfig
-from fleetgate.errors import AuthenticationFailed
-from fleetgate.ids import request_id
-from fleetgate.metering.iolog import IOLog
-from fleetgate.metering.redaction import EMAIL_MARK
+from fleetgate.domain.errors import AuthenticationFailed
+from fleetgate.domain.ids import request_id
+from fleetgate.iolog.log import IOLog
+from fleetgate.iolog.redaction import EMAIL_MARK
 
 KEYS = {"key-a": "tenant-a", "key-b": "tenant-b"}
 A = {"Authorization": "Bearer key-a"}

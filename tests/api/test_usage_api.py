@@ -19,16 +19,16 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fleetgate.api.errors import error_response
 from fleetgate.api.usage import admin_usage_router, usage_routes
-from fleetgate.errors import ApiError, AuthenticationFailed, InvalidRequest
+from fleetgate.billing.rating import PriceBookSpec, Rating, names_from_store
+from fleetgate.domain.errors import ApiError, AuthenticationFailed, InvalidRequest
+from fleetgate.http.errors import error_response
+from fleetgate.http.server import bind_socket
 from fleetgate.metering.ledger import SqlLedger
-from fleetgate.metering.rating import PriceBookSpec, Rating, names_from_store
-from fleetgate.stack import bind_socket
 from fleetgate.tenancy.auth import Principal, bearer_token
 from fleetgate.tenancy.models import TenantSpec
 from fleetgate.tenancy.store import TenantStore
-from tests.metering.test_rating import BOOK1, BOOK2, E1, E2, E3
+from tests.billing.test_rating import BOOK1, BOOK2, E1, E2, E3
 
 PERIOD = {"since": "2026-11-01", "until": "2026-11-30"}
 HIDDEN = {"cost", "cost_micros", "margin", "margin_micros", "tenant_id"}

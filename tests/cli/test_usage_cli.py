@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from fleetgate.fleet.local.rundir import ProcRecord, RunDir, RunState
+from fleetgate.billing.rating import PriceBookSpec, Rating
+from fleetgate.local.rundir import ProcRecord, RunDir, RunState
 from fleetgate.metering.ledger import SqlLedger
-from fleetgate.metering.rating import PriceBookSpec, Rating
 from fleetgate.tenancy.models import TenantSpec
 from fleetgate.tenancy.store import TenantStore
-from tests.metering.test_rating import BOOK1, BOOK2, E1, E2, E3
+from tests.billing.test_rating import BOOK1, BOOK2, E1, E2, E3
 from tests.metering.test_reconcile import LLAMACPP_AFTER_3, RECORDED, free_port
 
 FLEETGATE = [sys.executable, "-m", "fleetgate.cli.main"]

@@ -113,9 +113,9 @@ def _start_sim(tmp: Path) -> Iterator[EngineFacts]:
 
 def _start_vllm(tmp: Path) -> Iterator[EngineFacts]:
     from fleetgate.config import LocalFleetConfig
-    from fleetgate.fleet.local.model import resolve_model
-    from fleetgate.fleet.local.vllm_env import cached_env
-    from fleetgate.fleet.local.vllm_launcher import VllmLauncher, demo_adapter, ensure_hf_model
+    from fleetgate.local.model import resolve_model
+    from fleetgate.local.vllm_env import cached_env
+    from fleetgate.local.vllm_launcher import VllmLauncher, demo_adapter, ensure_hf_model
 
     env = cached_env()
     if env is None:

@@ -13,8 +13,8 @@ from sqlalchemy import text
 
 from fleetgate.config import IOLogConfig
 from fleetgate.db.engine import make_engine, migrate
-from fleetgate.metering.iolog import IOLog
-from fleetgate.paths import ensure_state_dir, open_private_log, private_dir, private_file
+from fleetgate.domain.paths import ensure_state_dir, open_private_log, private_dir, private_file
+from fleetgate.iolog.log import IOLog
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from fleetgate.fleet.local.build import cached_build
-from fleetgate.fleet.local.rundir import proc_start_time
+from fleetgate.local.build import cached_build
+from fleetgate.local.rundir import proc_start_time
 from tests.fakes import free_port
 from tests.keys import DEMO_KEY as DEMO_KEY  # e2e modules import it from here
 from tests.keys import KEY_ENV
@@ -47,7 +47,7 @@ class Stack:
 
 def require_vllm() -> None:
     """The vLLM tier needs the vLLM environment; `make test` installs it first (`fleetgate engine install vllm`)."""
-    from fleetgate.fleet.local.vllm_env import cached_env
+    from fleetgate.local.vllm_env import cached_env
 
     if cached_env() is None:
         pytest.fail("the vLLM environment is not installed: run `fleetgate engine install vllm` first")

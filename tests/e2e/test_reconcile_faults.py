@@ -19,10 +19,10 @@ import aiohttp
 import pytest
 
 from fleetgate.config import LocalFleetConfig
-from fleetgate.fleet.local.build import cached_build
-from fleetgate.fleet.local.launcher import llama_server_args
-from fleetgate.fleet.local.model import resolve_model
-from fleetgate.fleet.local.rundir import proc_start_time
+from fleetgate.local.build import cached_build
+from fleetgate.local.launcher import llama_server_args
+from fleetgate.local.model import resolve_model
+from fleetgate.local.rundir import proc_start_time
 from tests.e2e.conftest import DEMO_KEY, FLEETGATE, Stack, require_engine, start_stack, stop_stack
 from tests.fakes import free_port
 from tests.keys import KEY_ENV

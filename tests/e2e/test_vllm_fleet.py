@@ -16,9 +16,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from fleetgate.fleet.local.model import resolve_model
-from fleetgate.fleet.local.vllm_env import cached_env
-from fleetgate.fleet.local.vllm_launcher import converted_dir, demo_adapter
+from fleetgate.local.model import resolve_model
+from fleetgate.local.vllm_env import cached_env
+from fleetgate.local.vllm_launcher import converted_dir, demo_adapter
 from tests.e2e.checks import (
     METERING_SYSTEM,
     ask,

@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 
 from fleetgate.config import GatewayConfig
+from fleetgate.engines.registry import LLAMACPP_METRICS, SGLANG_METRICS, VLLM_METRICS
 from fleetgate.fleet.client import EngineClient
-from fleetgate.fleet.engines.registry import LLAMACPP_METRICS, SGLANG_METRICS, VLLM_METRICS
 from fleetgate.fleet.metrics import ReplicaMetrics, parse_metrics, select_samples
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.fleet.scraper import MetricsScraper

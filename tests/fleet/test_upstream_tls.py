@@ -11,14 +11,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from fleetgate.app import remote_replicas
 from fleetgate.config import EngineEndpoint, GatewayConfig
-from fleetgate.errors import ConfigError
+from fleetgate.domain.errors import ConfigError
 from fleetgate.fleet.client import EngineClient, engine_ssl_context
 from fleetgate.fleet.discovery import KubernetesDiscovery, StaticDiscovery, sync_registry
 from fleetgate.fleet.health import HealthChecker
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.fleet.upstream import ConnectFailed, UpstreamPool
+from fleetgate.gateway.app import remote_replicas
 from tests.fleet.secure_engine import SecureEngine, self_signed
 from tests.gateway_harness import running_gateway
 from tests.waiting import wait_until

@@ -9,7 +9,7 @@ import json
 from collections import Counter
 from typing import Any
 
-from fleetgate.fleet.engines.registry import adapter_for
+from fleetgate.engines.registry import adapter_for
 from fleetgate.metering.events import UsageEvent
 from fleetgate.tenancy.models import Tenant
 from tests.fuzz.client import assert_completion_answer, send

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import event, inspect
 
 from fleetgate.db.engine import downgrade
-from fleetgate.errors import InvalidRequest
+from fleetgate.domain.errors import InvalidRequest
 from fleetgate.metering.events import UsageEvent
 from fleetgate.metering.ledger import MAX_BATCH, MAX_CHUNK, DailyUsage, SqlLedger, TokenTotals, chunk_sizes
 

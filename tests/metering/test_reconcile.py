@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from fleetgate.cli.reconcile_targets import local_kind
-from fleetgate.fleet.local.rundir import ProcRecord, RunDir, RunState
+from fleetgate.local.rundir import ProcRecord, RunDir, RunState
 from fleetgate.metering.events import UsageEvent
 from fleetgate.metering.ledger import SqlLedger, TokenTotals
 from fleetgate.metering.reconcile import (

@@ -123,8 +123,7 @@ async def _until(check: Any, what: str, timeout: float = 60.0) -> None:
 async def test_rollups_equal_events_after_a_crash_replay(db_url: str, tmp_path: Path) -> None:
     engine = FakeEngine(model="smollm2", chunks_from_max_tokens=True, delay=0.05)
     await engine.start()
-    harness = Harness(tmp_path, engine)
-    harness.env["FLEETGATE_DATABASE__URL"] = db_url
+    harness = Harness(tmp_path, engine, db_url)
     outbox = tmp_path / "state" / "outbox"
     rng = random.Random(11)
     try:

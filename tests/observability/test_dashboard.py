@@ -15,11 +15,11 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from fleetgate.api.openai import FastLane
-from fleetgate.errors import AuthenticationFailed
+from fleetgate.billing.rating import PriceBookSpec, Rating, names_from_store
+from fleetgate.billing.report import UsageLine, UsageReport, UsageTotals
+from fleetgate.domain.errors import AuthenticationFailed
 from fleetgate.fleet.metrics import ReplicaMetrics
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
-from fleetgate.metering.rating import PriceBookSpec, Rating, names_from_store
-from fleetgate.metering.report import UsageLine, UsageReport, UsageTotals
 from fleetgate.observability.dashboard import (
     _UsageCache,
     admin_key_check,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from fleetgate.config import EngineKind
+from fleetgate.domain.engine_kind import EngineKind
 from fleetgate.fleet.metrics import ReplicaMetrics
 from fleetgate.fleet.replicas import Replica
 from fleetgate.routing.context import RouteContext

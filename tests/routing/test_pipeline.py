@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fleetgate.errors import ConfigError
+from fleetgate.domain.errors import ConfigError
 from fleetgate.routing.breaker import BreakerState
 from fleetgate.routing.filters import HasRoom
 from fleetgate.routing.pipeline import RoutingPipeline
@@ -141,13 +141,13 @@ def test_params_are_checked_by_name() -> None:
     assert (settings.prefix.budget_bytes, settings.prefix.block_chars) == (8 << 20, 128)
     assert settings.breaker.failures == 3
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"weights": {"prefx": 1}}, "routing.weights.prefx"),
-        ({"weights": {"prefix": -1}}, "routing.weights.prefix"),
-        ({"imbalance_abs": "x"}, "routing.imbalance_abs"),
-        ({"queue_scale": 0}, "routing.queue_scale"),
-        ({"nope": 1}, "routing.nope"),
-        ({"prefix": {"ttl": 0}}, "routing.prefix"),
-        ({"breaker": {"failure": 2}}, "routing.breaker.failure"),
+        ({"weights": {"prefx": 1}}, "routing.params.weights.prefx"),
+        ({"weights": {"prefix": -1}}, "routing.params.weights.prefix"),
+        ({"imbalance_abs": "x"}, "routing.params.imbalance_abs"),
+        ({"queue_scale": 0}, "routing.params.queue_scale"),
+        ({"nope": 1}, "routing.params.nope"),
+        ({"prefix": {"ttl": 0}}, "routing.params.prefix"),
+        ({"breaker": {"failure": 2}}, "routing.params.breaker.failure"),
     ]
     for params, field in cases:
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from fleetgate.errors import ConfigError
+from fleetgate.domain.errors import ConfigError
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.routing.plugins import make_router
 from fleetgate.routing.round_robin import RoundRobinRouter

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from fleetgate.config import AdmissionConfig
-from fleetgate.errors import InvalidRequest, Overloaded, RateLimited
+from fleetgate.domain.errors import InvalidRequest, Overloaded, RateLimited
 from fleetgate.fleet.metrics import ReplicaMetrics
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.scheduling.admission import AdmissionController

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from fleetgate.fleet.local.launcher import free_port
+from fleetgate.local.launcher import free_port
 
 
 @dataclass

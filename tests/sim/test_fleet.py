@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from fleetgate.cli import simulate
 from fleetgate.config import AdmissionConfig
-from fleetgate.errors import ConfigError
+from fleetgate.domain.errors import ConfigError
 from fleetgate.sim.fleet import FleetSim, FleetSpec, Outcome, RunResult
 from fleetgate.sim.profiles import Profile, load_profile
 from fleetgate.sim.report import PolicyReport, summarize

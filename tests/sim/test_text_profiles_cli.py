@@ -9,7 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from fleetgate.cli import sim as sim_cli
-from fleetgate.errors import ConfigError
+from fleetgate.domain.errors import ConfigError
 from fleetgate.sim.profiles import load_profile, shipped_profiles
 from fleetgate.sim.text import TextGenerator, encode, render_chat, seed_for, split_pieces
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fleetgate.errors import AuthenticationFailed, RateLimited
+from fleetgate.domain.errors import AuthenticationFailed, RateLimited
 from fleetgate.tenancy.auth import TenantAuthenticator
 from fleetgate.tenancy.failures import FailureLimiter, address_key
 from fleetgate.tenancy.models import TenantSpec

@@ -17,11 +17,11 @@ import aiohttp
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from fleetgate.billing.price_books import PriceBooks, lead_time
+from fleetgate.billing.prices import micros
+from fleetgate.billing.rating import PerToken, PriceBookSpec, Rating
 from fleetgate.config import PricesConfig
 from fleetgate.db.engine import make_engine, migrate
-from fleetgate.metering.price_books import PriceBooks, lead_time
-from fleetgate.metering.prices import micros
-from fleetgate.metering.rating import PerToken, PriceBookSpec, Rating
 from fleetgate.tenancy.auth import Principal, TenantAuthenticator
 from fleetgate.tenancy.gate import TenantGate
 from fleetgate.tenancy.limits.base import LimitSpec

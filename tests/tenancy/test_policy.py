@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fleetgate.errors import InvalidRequest, PermissionDenied
+from fleetgate.domain.errors import InvalidRequest, PermissionDenied
 from fleetgate.tenancy.models import Tenant
 from fleetgate.tenancy.policy import apply_policy, check_model, estimate_input_tokens
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from fleetgate.errors import NotFound
+from fleetgate.domain.errors import NotFound
 from fleetgate.tenancy.keys import hash_key
 from fleetgate.tenancy.models import TenantSpec
 from fleetgate.tenancy.store import TenantStore

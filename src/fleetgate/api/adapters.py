@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetgate.errors import InvalidRequest, NotFound
-from fleetgate.fleet.adapters import AdapterPool
+from fleetgate.domain.errors import InvalidRequest, NotFound
 from fleetgate.fleet.replicas import ReplicaRegistry
-from fleetgate.tenancy.adapter_registry import AdapterSpec
+from fleetgate.lora.catalog import AdapterSpec
+from fleetgate.lora.pool import AdapterPool
 
 
 class AdapterUpsert(BaseModel):

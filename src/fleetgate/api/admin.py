@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fleetgate.api.errors import error_response, http_exception_handler, internal_error_handler
-from fleetgate.errors import ApiError, InvalidRequest, NotFound
+from fleetgate.domain.errors import ApiError, InvalidRequest, NotFound
 from fleetgate.fleet.replicas import ReplicaRegistry
+from fleetgate.http.errors import error_response, http_exception_handler, internal_error_handler
 from fleetgate.tenancy.failures import FailureLimiter
 from fleetgate.tenancy.models import TenantSpec
 from fleetgate.tenancy.secret_check import SecretCheck

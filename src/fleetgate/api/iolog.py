@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fleetgate.api.errors import error_response
-from fleetgate.errors import ApiError, InvalidRequest, NotFound
-from fleetgate.metering.iolog import IOLog
+from fleetgate.domain.errors import ApiError, InvalidRequest, NotFound
+from fleetgate.http.errors import error_response
+from fleetgate.iolog.log import IOLog
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100

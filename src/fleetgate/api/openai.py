@@ -12,11 +12,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fleetgate.api.asgi import ASGIReceive, ASGISend, send_error
-from fleetgate.api.errors import error_response
-from fleetgate.errors import ApiError
-from fleetgate.fleet.adapters import AdapterPool
+from fleetgate.domain.errors import ApiError
 from fleetgate.fleet.replicas import ReplicaRegistry
+from fleetgate.http.asgi import ASGIReceive, ASGISend, send_error
+from fleetgate.http.errors import error_response
+from fleetgate.lora.pool import AdapterPool
 from fleetgate.serving.handler import CompletionHandler
 from fleetgate.serving.outcome import Endpoint
 from fleetgate.tenancy.gate import TenantGate

@@ -16,11 +16,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fleetgate.api.errors import error_response
-from fleetgate.errors import ApiError, InvalidRequest, NotFound, UpstreamUnavailable
+from fleetgate.billing.rating import Rating
+from fleetgate.billing.report import UsageReport, usage_report
+from fleetgate.domain.errors import ApiError, InvalidRequest, NotFound, UpstreamUnavailable
+from fleetgate.http.errors import error_response
 from fleetgate.metering.ledger import MAX_PAGE, SqlLedger
-from fleetgate.metering.rating import Rating
-from fleetgate.metering.report import UsageReport, usage_report
 from fleetgate.tenancy.auth import Authenticate
 
 MAX_DAYS = 400  # a bound on one answer; roll-ups make even this cheap

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from fleetgate.cli.common import ConfigOption, JsonOption, console, fail, print_json
 from fleetgate.cli.store import with_store
-from fleetgate.tenancy.adapter_registry import Adapter, AdapterSpec, AdapterStore
+from fleetgate.lora.catalog import Adapter, AdapterSpec, AdapterStore
 from fleetgate.tenancy.store import TenantStore
 
 app = typer.Typer(help="Register LoRA adapters and say which tenants may use them.", no_args_is_help=True)

@@ -15,9 +15,9 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from fleetgate.config import Config, load_config
-from fleetgate.errors import FleetgateError
-from fleetgate.fleet.local.rundir import RunDir
-from fleetgate.paths import default_run_dir
+from fleetgate.domain.errors import FleetgateError
+from fleetgate.domain.paths import default_run_dir
+from fleetgate.local.rundir import RunDir
 
 console = Console()
 err_console = Console(stderr=True)

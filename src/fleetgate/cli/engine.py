@@ -9,9 +9,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fleetgate.cli.common import ConfigOption, JsonOption, console, fail, load, print_json
 from fleetgate.config import Config
-from fleetgate.errors import EngineBuildError
-from fleetgate.fleet.local.build import BuildInfo, build_dir_for, build_llama_server, cached_build
-from fleetgate.fleet.local.vllm_env import VLLM_DIST, VLLM_VERSION, VllmEnv, cached_env, env_dir, install_vllm_env
+from fleetgate.domain.errors import EngineBuildError
+from fleetgate.local.build import BuildInfo, build_dir_for, build_llama_server, cached_build
+from fleetgate.local.vllm_env import VLLM_DIST, VLLM_VERSION, VllmEnv, cached_env, env_dir, install_vllm_env
 
 app = typer.Typer(help="Build, install and locate the embedded engines.", no_args_is_help=True)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from fleetgate.cli.common import fail, run_dir_for
 from fleetgate.config import Config
-from fleetgate.fleet.local.launcher import LlamaCppLauncher
-from fleetgate.fleet.local.rundir import ProcRecord
-from fleetgate.fleet.local.vllm_launcher import VllmLauncher
+from fleetgate.local.launcher import LlamaCppLauncher
+from fleetgate.local.rundir import ProcRecord
+from fleetgate.local.vllm_launcher import VllmLauncher
 from fleetgate.metering.reconcile import ReplicaTarget
 
 

@@ -36,7 +36,7 @@ def sim_engine(
 ) -> None:
     """Run a simulated vLLM engine: OpenAI API, vLLM metrics, prefix cache, batching, LoRA, faults."""
     # imported here so `fleetgate --help` does not pay for aiohttp and prometheus_client
-    from fleetgate.errors import ConfigError
+    from fleetgate.domain.errors import ConfigError
     from fleetgate.sim.profiles import load_profile
     from fleetgate.sim.server import serve
     from fleetgate.sim.state import SimOptions

@@ -65,7 +65,7 @@ def simulate(
     # imported here so `fleetgate --help` stays fast
     from fleetgate.cli.common import console, fail, load, print_json
     from fleetgate.config import AdmissionConfig
-    from fleetgate.errors import ConfigError
+    from fleetgate.domain.errors import ConfigError
     from fleetgate.routing.plugins import POLICIES
     from fleetgate.sim.fleet import FleetSim, FleetSpec
     from fleetgate.sim.profiles import load_profile

@@ -29,12 +29,12 @@ from fleetgate.cli.common import (
 )
 from fleetgate.cli.engine import ensure_engine, ensure_vllm
 from fleetgate.config import Config, EngineEndpoint
-from fleetgate.errors import FleetgateError
-from fleetgate.fleet.local.launcher import LlamaCppLauncher, ReplicaLauncher
-from fleetgate.fleet.local.model import resolve_model
-from fleetgate.fleet.local.rundir import RunState, stop_recorded
-from fleetgate.fleet.local.vllm_launcher import VllmLauncher, ensure_hf_model
-from fleetgate.paths import open_private_log, private_dir
+from fleetgate.domain.errors import FleetgateError
+from fleetgate.domain.paths import open_private_log, private_dir
+from fleetgate.local.launcher import LlamaCppLauncher, ReplicaLauncher
+from fleetgate.local.model import resolve_model
+from fleetgate.local.rundir import RunState, stop_recorded
+from fleetgate.local.vllm_launcher import VllmLauncher, ensure_hf_model
 from fleetgate.tenancy.bootstrap_keys import check_public_bind, key_file_path, resolve_keys, shown_keys
 
 
@@ -176,7 +176,7 @@ def up(
 ) -> None:
     """Build the engine if needed, start local replicas and the gateway, serve until Ctrl-C or `fleetgate down`."""
     config = _apply_cli(load(config_path), host, port, replicas, engine, local)
-    from fleetgate.stack import check_not_running, run_stack  # the whole gateway: only `up` needs it
+    from fleetgate.local.stack import check_not_running, run_stack  # the whole gateway: only `up` needs it
 
     run_dir = run_dir_for(config)
     try:

@@ -9,7 +9,7 @@ from typing import TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleetgate.cli.common import fail, load, run_async
-from fleetgate.errors import FleetgateError
+from fleetgate.domain.errors import FleetgateError
 from fleetgate.tenancy.store import TenantStore
 
 T = TypeVar("T")

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from fleetgate.cli.common import ConfigOption, JsonOption, console, fail, print_json
 from fleetgate.cli.store import with_store
-from fleetgate.errors import InvalidRequest
+from fleetgate.domain.errors import InvalidRequest
 from fleetgate.tenancy.models import Tenant, TenantSpec
 from fleetgate.tenancy.store import TenantStore
 from fleetgate.tenancy.views import tenant_view

@@ -31,6 +31,9 @@ from pydantic import ValidationError
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
+from fleetgate.billing.price_books import lead_time
+from fleetgate.billing.rating import PriceBook, PriceBookSpec, Rating, names_from_store
+from fleetgate.billing.report import UsageReport, UsageTotals, usage_report
 from fleetgate.cli.common import (
     ConfigOption,
     JsonOption,
@@ -43,12 +46,9 @@ from fleetgate.cli.common import (
 )
 from fleetgate.cli.reconcile_targets import replica_targets
 from fleetgate.config import Config
-from fleetgate.errors import FleetgateError
+from fleetgate.domain.errors import FleetgateError
 from fleetgate.metering.ledger import SqlLedger
-from fleetgate.metering.price_books import lead_time
-from fleetgate.metering.rating import PriceBook, PriceBookSpec, Rating, names_from_store
 from fleetgate.metering.reconcile import Drift, reconcile
-from fleetgate.metering.report import UsageReport, UsageTotals, usage_report
 from fleetgate.tenancy.store import TenantStore
 
 T = TypeVar("T")

@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from fleetgate.config import DatabaseConfig
-from fleetgate.errors import ConfigError
-from fleetgate.paths import PRIVATE_FILE_MODE, private_dir, private_file, tighten
+from fleetgate.domain.errors import ConfigError
+from fleetgate.domain.paths import PRIVATE_FILE_MODE, private_dir, private_file, tighten
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")

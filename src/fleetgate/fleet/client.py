@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 
 from fleetgate.config import GatewayConfig
-from fleetgate.errors import ConfigError
+from fleetgate.domain.errors import ConfigError
 from fleetgate.fleet.replicas import ReplicaRegistry
 from fleetgate.fleet.upstream import UpstreamPool
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import aiohttp
 
-from fleetgate.background import Background
-from fleetgate.config import EngineKind
+from fleetgate.domain.background import Background
+from fleetgate.domain.engine_kind import EngineKind
+from fleetgate.engines.base import adapter_ids, model_ids
+from fleetgate.engines.registry import adapter_for
 from fleetgate.fleet.client import EngineClient
-from fleetgate.fleet.engines.base import adapter_ids, model_ids
-from fleetgate.fleet.engines.registry import adapter_for
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.fleet.upstream import UpstreamIOError
 

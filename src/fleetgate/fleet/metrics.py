@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleetgate.fleet.engines.base import MetricNames
+from fleetgate.engines.base import MetricNames
 
 
 @dataclass(frozen=True, slots=True)

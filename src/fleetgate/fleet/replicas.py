@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleetgate.config import EngineEndpoint, EngineKind
+from fleetgate.config import EngineEndpoint
+from fleetgate.domain.engine_kind import EngineKind
 from fleetgate.fleet.metrics import ReplicaMetrics
 
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import aiohttp
 
-from fleetgate.background import Background
+from fleetgate.domain.background import Background
+from fleetgate.engines.registry import adapter_for
 from fleetgate.fleet.client import EngineClient
-from fleetgate.fleet.engines.registry import adapter_for
 from fleetgate.fleet.metrics import parse_metrics
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 

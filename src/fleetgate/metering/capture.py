@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from fleetgate.engines.tokenize import count_prompt_tokens
 from fleetgate.fleet.client import EngineClient
-from fleetgate.fleet.engines.tokenize import count_prompt_tokens
 from fleetgate.fleet.replicas import Replica
 from fleetgate.metering.events import EventStatus, UsageEvent, UsageSource
 from fleetgate.metering.outbox import Outbox, StartRecord

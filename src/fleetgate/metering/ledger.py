@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fleetgate.db.engine import make_engine, migrate
 from fleetgate.db.schema import usage_daily, usage_events
-from fleetgate.errors import InvalidRequest
+from fleetgate.domain.errors import InvalidRequest
 from fleetgate.metering.events import UsageEvent
 
 log = logging.getLogger(__name__)

@@ -29,10 +29,10 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from fleetgate.db.engine import make_sync_engine
+from fleetgate.domain.parent_death import die_with_parent
 from fleetgate.metering.events import UsageEvent
 from fleetgate.metering.ledger import insert_sqlite_sync
 from fleetgate.metering.records import finished_events, usage_event
-from fleetgate.parent_death import die_with_parent
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import orjson
 
-from fleetgate.errors import FleetgateError
+from fleetgate.domain.errors import FleetgateError
 from fleetgate.metering.disk import DiskGuard, TornWrite, Write, outbox_bytes, write_whole
 from fleetgate.metering.events import UsageEvent
 from fleetgate.metering.records import (

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleetgate.errors import FleetgateError
+from fleetgate.domain.errors import FleetgateError
 from fleetgate.fleet.health import detected_kind
 from fleetgate.metering.ledger import SqlLedger, TokenTotals
 

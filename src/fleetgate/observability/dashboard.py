@@ -20,12 +20,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from fleetgate.api.errors import error_response
-from fleetgate.errors import ApiError, NotFound
+from fleetgate.billing.rating import Rating, format_money
+from fleetgate.billing.report import UsageReport, usage_report
+from fleetgate.domain.errors import ApiError, NotFound
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
+from fleetgate.http.errors import error_response
 from fleetgate.metering.ledger import SqlLedger
-from fleetgate.metering.rating import Rating, format_money
-from fleetgate.metering.report import UsageReport, usage_report
 from fleetgate.observability.timeseries import TimeSeries
 from fleetgate.tenancy.auth import Authenticate
 from fleetgate.tenancy.failures import FailureLimiter

@@ -16,8 +16,8 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from fleetgate.fleet.replicas import ReplicaRegistry
+    from fleetgate.iolog.log import IOLog
     from fleetgate.metering.flusher import Flusher
-    from fleetgate.metering.iolog import IOLog
     from fleetgate.metering.outbox import Outbox
     from fleetgate.routing.pipeline import RoutingPipeline
     from fleetgate.scheduling.admission import AdmissionController

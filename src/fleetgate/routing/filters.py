@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fleetgate.fleet.engines.registry import adapter_for
+from fleetgate.engines.registry import adapter_for
 from fleetgate.fleet.replicas import Replica
 from fleetgate.routing.breaker import BreakerRegistry
 from fleetgate.routing.router import RouteRequest

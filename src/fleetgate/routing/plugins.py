@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from fleetgate.errors import ConfigError
+from fleetgate.domain.errors import ConfigError
 from fleetgate.fleet.replicas import Replica
 from fleetgate.routing.breaker import BreakerRegistry
 from fleetgate.routing.context import RouteContext
@@ -103,8 +103,8 @@ def make_router(
     """Build the routing policy registered under `name`, with its parameters (see RoutingSettings)."""
     factory = POLICIES.get(name)
     if factory is None:
-        raise ConfigError(f"gateway.router: unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}")
-    settings = RoutingSettings.from_params(params)
+        raise ConfigError(f"routing.policy: unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}")
+    settings = RoutingSettings.from_params(params, where="routing.params")
     stats = RouterStats()
     breakers = BreakerRegistry(settings.breaker, clock)
     index = PrefixIndex(settings.prefix, clock)

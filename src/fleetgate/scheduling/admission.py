@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fleetgate.config import AdmissionConfig
-from fleetgate.errors import InvalidRequest, Overloaded, RateLimited
+from fleetgate.domain.errors import InvalidRequest, Overloaded, RateLimited
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.scheduling.fair_queue import PRIORITIES, FairQueue, Ticket
 from fleetgate.scheduling.reserve import ReservePolicy, ShareReserve, TenantShares, may_take

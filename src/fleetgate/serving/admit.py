@@ -10,11 +10,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from fleetgate.api.asgi import ASGIReceive, read_body
 from fleetgate.config import GatewayConfig
-from fleetgate.errors import InvalidRequest, ModelNotFound, UpstreamUnavailable
-from fleetgate.fleet.adapters import AdapterPool, can_load
+from fleetgate.domain.errors import InvalidRequest, ModelNotFound, UpstreamUnavailable
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
+from fleetgate.http.asgi import ASGIReceive, read_body
+from fleetgate.lora.pool import AdapterPool, can_load
 from fleetgate.scheduling.admission import AdmissionController, Slot
 from fleetgate.scheduling.fair_queue import PRIORITIES
 from fleetgate.serving.body import parse_request

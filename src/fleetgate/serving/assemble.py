@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from fleetgate.config import GatewayConfig
-from fleetgate.errors import ApiError, ErrorCode
-from fleetgate.fleet.adapters import AdapterPool
+from fleetgate.domain.errors import ApiError, ErrorCode
 from fleetgate.fleet.client import EngineClient
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
+from fleetgate.iolog.log import IOLog
+from fleetgate.lora.pool import AdapterPool
 from fleetgate.metering.capture import UsageCapture
-from fleetgate.metering.iolog import IOLog
 from fleetgate.metering.outbox import OutboxUnavailable
 from fleetgate.observability.metrics import GatewayMetrics
 from fleetgate.routing.router import FeedbackRouter

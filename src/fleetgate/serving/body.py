@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from fleetgate.errors import InvalidRequest
+from fleetgate.domain.errors import InvalidRequest
 from fleetgate.serving.outcome import Endpoint
 
 # orjson reads JSON nested up to 1,024 levels but writes at most 254, so a deeper body parsed fine and then failed

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from fleetgate.api.asgi import ASGIReceive
-from fleetgate.api.server import ON_DISCONNECT
+from fleetgate.http.asgi import ASGIReceive
+from fleetgate.http.server import ON_DISCONNECT
 from fleetgate.serving.outcome import RequestOutcome
 
 Reason = Literal["client_left", "deadline"]

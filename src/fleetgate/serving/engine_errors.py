@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from fleetgate.api.errors import error_payload
-from fleetgate.errors import ApiError, InvalidRequest, Overloaded, UpstreamError
+from fleetgate.domain.errors import ApiError, InvalidRequest, Overloaded, UpstreamError
+from fleetgate.http.errors import error_payload
 
 MAX_MESSAGE_CHARS = 2000
 # Engine statuses whose meaning belongs to the gateway, not the client's request.

@@ -13,20 +13,20 @@ from typing import Any
 
 import orjson
 
-from fleetgate.api.asgi import ASGISend
 from fleetgate.config import GatewayConfig
-from fleetgate.errors import ApiError, InvalidRequest, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from fleetgate.fleet.adapters import AdapterPool
+from fleetgate.domain.errors import ApiError, InvalidRequest, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from fleetgate.engines.registry import adapter_for
 from fleetgate.fleet.client import EngineClient
-from fleetgate.fleet.engines.registry import adapter_for
 from fleetgate.fleet.replicas import Replica
 from fleetgate.fleet.upstream import ConnectFailed, UpstreamIOError, UpstreamResponse
+from fleetgate.http.asgi import ASGISend
+from fleetgate.lora.catalog import Adapter
+from fleetgate.lora.pool import AdapterPool
 from fleetgate.routing.request import route_request_from
 from fleetgate.routing.router import FeedbackRouter, RouteDecision, RouteRequest
 from fleetgate.serving.engine_errors import client_error_of
 from fleetgate.serving.outcome import ENDPOINT_PATHS, RequestOutcome
 from fleetgate.serving.relay import OnComplete, relay_stream, relay_whole
-from fleetgate.tenancy.adapter_registry import Adapter
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import contextlib
 import logging
 from typing import Any
 
-from fleetgate.api.asgi import ASGIReceive, ASGISend, ClientGone, send_error
 from fleetgate.config import GatewayConfig
-from fleetgate.errors import ApiError, UpstreamError, UpstreamTimeout
-from fleetgate.ids import request_id
+from fleetgate.domain.errors import ApiError, UpstreamError, UpstreamTimeout
+from fleetgate.domain.ids import request_id
+from fleetgate.http.asgi import ASGIReceive, ASGISend, ClientGone, send_error
 from fleetgate.serving.admit import Admitter, Ticket
 from fleetgate.serving.ending import Ending
 from fleetgate.serving.forward import Forwarder, Job

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fleetgate.fleet.replicas import Replica
+from fleetgate.lora.catalog import Adapter
 from fleetgate.metering.capture import Measured
 from fleetgate.metering.events import EventStatus
-from fleetgate.tenancy.adapter_registry import Adapter
 
 Endpoint = Literal["chat", "completions"]
 ENDPOINT_PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from fleetgate.iolog.log import IOLog
 from fleetgate.metering.capture import UsageCapture
 from fleetgate.metering.events import UNBILLED_STATUSES
-from fleetgate.metering.iolog import IOLog
 from fleetgate.observability.metrics import GatewayMetrics
 from fleetgate.serving.outcome import RequestOutcome
 from fleetgate.tenancy.gate import Admission, TenantGate

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import orjson
 
-from fleetgate.api.asgi import ASGISend, send_json_bytes
-from fleetgate.errors import UpstreamError
+from fleetgate.domain.errors import UpstreamError
 from fleetgate.fleet.upstream import UpstreamIOError, UpstreamResponse
+from fleetgate.http.asgi import ASGISend, send_json_bytes
 from fleetgate.metering.sse import EventTooLarge, SSERelay
 from fleetgate.serving.engine_errors import client_error
 from fleetgate.serving.outcome import RequestOutcome

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from fleetgate.errors import ConfigError
+from fleetgate.domain.errors import ConfigError
 from fleetgate.routing.request import render_messages
 from fleetgate.scheduling.fair_queue import PRIORITIES
 from fleetgate.sim.text import IM_END, WORDS, TextGenerator, encode, piece_id, render_chat, split_pieces

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from fleetgate.errors import AuthenticationFailed, PermissionDenied, UpstreamUnavailable
+from fleetgate.domain.errors import AuthenticationFailed, PermissionDenied, UpstreamUnavailable
 from fleetgate.tenancy.failures import FailureLimiter
 from fleetgate.tenancy.keys import hash_key
 from fleetgate.tenancy.models import ApiKeyInfo, Tenant

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from fleetgate.config import AUTO_KEY, Config, GatewayConfig
-from fleetgate.errors import ConfigError
-from fleetgate.paths import PRIVATE_FILE_MODE, default_state_dir, ensure_state_dir
+from fleetgate.domain.errors import ConfigError
+from fleetgate.domain.paths import PRIVATE_FILE_MODE, default_state_dir, ensure_state_dir
 from fleetgate.tenancy.keys import KEY_PREFIX, generate_key, hash_key
 from fleetgate.tenancy.store import TenantStore
 

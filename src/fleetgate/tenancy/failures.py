@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from fleetgate.errors import RateLimited
+from fleetgate.domain.errors import RateLimited
 
 DEFAULT_BURST = 20
 DEFAULT_RATE = 1.0  # failures per second once the burst is spent

@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from fleetgate.billing.price_books import PriceBooks
+from fleetgate.billing.prices import MICROS_PER_UNIT, ModelRate, micros
 from fleetgate.config import PricesConfig
-from fleetgate.errors import RateLimited
-from fleetgate.metering.price_books import PriceBooks
-from fleetgate.metering.prices import MICROS_PER_UNIT, ModelRate, micros
+from fleetgate.domain.errors import RateLimited
 from fleetgate.tenancy.auth import Principal, TenantAuthenticator
 from fleetgate.tenancy.limits.base import Denial, Limiter, Reservation
 from fleetgate.tenancy.policy import PolicyDecision, apply_policy, check_model

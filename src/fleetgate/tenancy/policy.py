@@ -2,7 +2,7 @@
 
 Every field an engine reads as an output length counts, not only OpenAI's: llama-server prefers `n_predict` to
 `max_tokens`, so a cap checked on `max_tokens` alone was a cap on nothing. The policy reads every length alias,
-decides one limit, and the engine dialect (fleet/engines/requests.py) removes the aliases and writes that limit
+decides one limit, and the engine dialect (engines/request_fields.py) removes the aliases and writes that limit
 as the only one the engine sees.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fleetgate.errors import InvalidRequest, PermissionDenied
+from fleetgate.domain.errors import InvalidRequest, PermissionDenied
 from fleetgate.tenancy.estimate import estimate_input_tokens, estimate_prompt
 from fleetgate.tenancy.models import Tenant
 

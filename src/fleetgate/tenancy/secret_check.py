@@ -12,7 +12,7 @@ import hmac
 from collections.abc import Sequence
 
 from fleetgate.config import AUTO_KEY
-from fleetgate.errors import AuthenticationFailed
+from fleetgate.domain.errors import AuthenticationFailed
 from fleetgate.tenancy.failures import FailureLimiter
 
 

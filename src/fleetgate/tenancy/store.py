@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fleetgate.db.engine import make_engine, migrate
 from fleetgate.db.schema import api_keys, tenancy_revision, tenants
-from fleetgate.errors import NotFound
-from fleetgate.ids import request_id
+from fleetgate.domain.errors import NotFound
+from fleetgate.domain.ids import request_id
 from fleetgate.tenancy.keys import generate_key, hash_key, key_prefix
 from fleetgate.tenancy.models import MICROS, ApiKeyInfo, Tenant, TenantSpec
 

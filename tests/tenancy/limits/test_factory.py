@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleetgate.errors import ConfigError
+from fleetgate.domain.errors import ConfigError
 from fleetgate.tenancy.limits.factory import make_limiter
 from fleetgate.tenancy.limits.failover import FailoverLimiter
 from fleetgate.tenancy.limits.memory import MemoryLimiter

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from fleetgate.errors import ConfigError, Overloaded
+from fleetgate.domain.errors import ConfigError, Overloaded
 from fleetgate.tenancy.limits.base import Denial, LimitSpec, Reservation, TenantCounters
 from fleetgate.tenancy.limits.failover import UNAVAILABLE_MESSAGE, FailoverLimiter
 from fleetgate.tenancy.limits.memory import MemoryLimiter

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from fleetgate.background import Background
-from fleetgate.config import EngineKind
-from fleetgate.errors import FleetError
+from fleetgate.domain.background import Background
+from fleetgate.domain.engine_kind import EngineKind
+from fleetgate.domain.errors import FleetError
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 
 log = logging.getLogger(__name__)

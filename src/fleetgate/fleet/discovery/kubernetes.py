@@ -23,7 +23,7 @@ from typing import Any, cast, get_args
 import aiohttp
 import orjson
 
-from fleetgate.config import EngineKind
+from fleetgate.domain.engine_kind import EngineKind
 from fleetgate.fleet.discovery.base import DiscoveryError, ReplicaSpec
 
 PREFIX = "fleetgate.io/"

@@ -6,7 +6,7 @@ so this package itself imports nothing optional.
 
 from __future__ import annotations
 
-from fleetgate.errors import FleetgateError
+from fleetgate.domain.errors import FleetgateError
 
 
 class SinkError(FleetgateError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleetgate.errors import ConfigError
+from fleetgate.domain.errors import ConfigError
 from fleetgate.tenancy.limits.base import Limiter
 from fleetgate.tenancy.limits.failover import DEFAULT_SETTLE_QUEUE, POLICIES, FailoverLimiter
 from fleetgate.tenancy.limits.memory import MemoryLimiter

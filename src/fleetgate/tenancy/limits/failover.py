@@ -19,7 +19,7 @@ from typing import Literal
 
 from redis.exceptions import RedisError
 
-from fleetgate.errors import ConfigError, Overloaded
+from fleetgate.domain.errors import ConfigError, Overloaded
 from fleetgate.tenancy.limits.backlog import Backlog, PendingSettle
 from fleetgate.tenancy.limits.base import Denial, Limiter, LimitSpec, Reservation, SpendSource, TenantCounters
 from fleetgate.tenancy.limits.memory import MemoryLimiter, period_of
