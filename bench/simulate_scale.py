@@ -9,7 +9,6 @@ printed next to it, because on a shared 2-core machine it decides the wall time 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -22,16 +21,11 @@ from fleetgate.sim.fleet import FleetSim, FleetSpec
 from fleetgate.sim.profiles import load_profile
 from fleetgate.sim.report import summarize
 from fleetgate.sim.workload import ChatWorkload
-from report import DEFAULT_DOCS, command_line, machine_info, machine_line, update_docs
+from harness.report import DEFAULT_DOCS, command_line, machine_info, machine_line, update_docs, write_json
+from harness.usage import machine_busy_seconds
 
 SECTION = "## Fleet simulator at scale (bench/simulate_scale.py)"
 BUDGET_S = 120.0
-
-
-def busy_ticks() -> int:
-    """Busy CPU time of the whole machine so far, in clock ticks (/proc/stat: all but idle and iowait)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(fields) - fields[3] - fields[4]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -47,7 +41,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     spec = FleetSpec(profile, replicas=args.replicas, policy=args.policy, seed=args.seed)
     meta = machine_info(())
-    ticks0, cpu0, wall0 = busy_ticks(), time.process_time(), time.perf_counter()
+    busy0, cpu0, wall0 = machine_busy_seconds(), time.process_time(), time.perf_counter()
     sim = FleetSim(spec)
     setup = time.perf_counter() - wall0
     spent = {"routing": 0.0, "workload": 0.0}
@@ -73,7 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sim.router.pick = timed_pick  # type: ignore[method-assign]  # timing only: the same router decides
     result = sim.run(timed_workload())  # the workload is generated lazily, inside the timed loop
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    other = (busy_ticks() - ticks0) / os.sysconf("SC_CLK_TCK") - cpu
+    other = machine_busy_seconds() - busy0 - cpu
     meta["loadavg_end"] = os.getloadavg()
     rep = summarize(result)
     return {
@@ -173,7 +167,7 @@ def main() -> None:
         f"cache hit {r['cache_hit_ratio']:.1%}, {r['ok']:,} finished, shed {r['shed'] or 0}"
     )
     if args.json:
-        args.json.write_text(json.dumps(data, indent=2, default=str))
+        write_json(args.json, data)
     if not args.no_docs:
         update_docs(args.docs, SECTION, section(data))
         print(f"updated {args.docs}")

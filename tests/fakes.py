@@ -32,7 +32,7 @@ class FakeEngine:
     usage: dict[str, Any] | None = None  # the usage block to report (default: 7 prompt, 3 cached)
     error_answer: tuple[int, Any] | None = None  # (status, JSON body) answered to every completion request
     owned_by: str | None = None  # signs its /v1/models entries (vllm, llamacpp, sglang): the gateway detects the kind
-    context_len: int | None = None  # reported as `max_model_len` in /v1/models
+    context_len: int | None = None  # reported in /v1/models as its kind does (`max_model_len`, llama.cpp `meta.n_ctx`)
     # Returns why a body is refused (answered 400 in llama-server's shape, integer code), or None to serve it.
     validate: Callable[[dict[str, Any]], str | None] | None = None
     hold: asyncio.Event | None = None  # a stream sends its first chunk, then waits for this before the rest
@@ -75,7 +75,9 @@ class FakeEngine:
         entry: dict[str, Any] = {"id": self.model, "object": "model"}
         if self.owned_by is not None:
             entry["owned_by"] = self.owned_by
-        if self.context_len is not None:
+        if self.context_len is not None and self.owned_by == "llamacpp":
+            entry["meta"] = {"n_ctx": self.context_len}  # where llama-server reports the per-slot context
+        elif self.context_len is not None:
             entry["max_model_len"] = self.context_len
         return web.json_response({"object": "list", "data": [entry]})
 

@@ -14,9 +14,57 @@ import uvicorn
 
 from fleetgate.config import Config, EngineEndpoint
 from fleetgate.fleet.replicas import ReplicaRegistry
-from fleetgate.gateway.app import Gateway, build_app, build_gateway, remote_replicas
+from fleetgate.gateway.app import build_app
+from fleetgate.gateway.build import build_gateway, remote_replicas
+from fleetgate.gateway.parts import Gateway
 from fleetgate.http.server import GatewayServer, bind_socket, uvicorn_config
+from fleetgate.iolog.log import IOLog
+from fleetgate.metering.capture import UsageCapture
+from fleetgate.metering.flusher import Flusher
+from fleetgate.metering.ledger import SqlLedger
+from fleetgate.observability.metrics import GatewayMetrics
+from fleetgate.scheduling.admission import AdmissionController
+from fleetgate.serving.handler import CompletionHandler
+from fleetgate.tenancy.gate import TenantGate
+from fleetgate.tenancy.store import TenantStore
 from tests.keys import ADMIN_KEY, DEMO_KEY
+
+
+@dataclass(frozen=True)
+class Handles:
+    """The parts tests reach into, by flat names (`gw.gateway.store`); `parts` is the gateway as fleetgate groups it."""
+
+    parts: Gateway
+    config: Config
+    registry: ReplicaRegistry
+    store: TenantStore
+    gate: TenantGate
+    ledger: SqlLedger
+    capture: UsageCapture
+    flusher: Flusher
+    iolog: IOLog
+    completions: CompletionHandler
+    admission: AdmissionController | None
+    metrics: GatewayMetrics
+
+    @classmethod
+    def of(cls, g: Gateway) -> Handles:
+        """Handles on a built gateway."""
+        m = g.metering
+        return cls(
+            g,
+            g.config,
+            g.fleet.registry,
+            g.tenancy.store,
+            g.tenancy.gate,
+            m.ledger,
+            m.capture,
+            m.flusher,
+            m.iolog,
+            g.serving.completions,
+            g.serving.admission,
+            g.serving.metrics,
+        )
 
 
 @dataclass
@@ -24,7 +72,7 @@ class RunningGateway:
     """A gateway under test."""
 
     url: str
-    gateway: Gateway
+    gateway: Handles
     server: uvicorn.Server
 
     @property
@@ -84,7 +132,7 @@ async def running_gateway(
         await asyncio.sleep(0.02)
     port = sock.getsockname()[1]
     try:
-        yield RunningGateway(f"http://127.0.0.1:{port}", gateway, server)
+        yield RunningGateway(f"http://127.0.0.1:{port}", Handles.of(gateway), server)
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)

@@ -15,7 +15,7 @@ import pytest
 
 from fleetgate.config import AUTO_KEY, Config, GatewayConfig
 from fleetgate.domain.errors import ConfigError
-from fleetgate.gateway.app import seed_demo_tenant
+from fleetgate.gateway.components import seed_demo_tenant
 from fleetgate.tenancy.bootstrap_keys import (
     PUBLISHED_ADMIN_KEY,
     PUBLISHED_DEMO_KEY,

@@ -9,9 +9,10 @@ from typing import Any
 
 import httpx2
 import pytest
-from starlette.applications import Starlette
 
-from fleetgate.api.iolog import iolog_routes
+from fleetgate.api.app import make_api
+from fleetgate.api.auth import Credentials
+from fleetgate.api.iolog import iolog_router
 from fleetgate.config import IOLogConfig
 from fleetgate.domain.errors import AuthenticationFailed
 from fleetgate.domain.ids import request_id
@@ -42,7 +43,7 @@ async def _authenticate(authorization: bytes | None, *, client: str | None = Non
 
 
 def _client(log: IOLog) -> httpx2.AsyncClient:
-    app = Starlette(routes=iolog_routes(log, _authenticate))
+    app = make_api([iolog_router(log)], Credentials.of(None, None, _authenticate))
     # In-process ASGI transport: no socket is opened at all.
     return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1")
 

@@ -14,18 +14,15 @@ import aiohttp
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
 
-from fleetgate.api.usage import admin_usage_router, usage_routes
-from fleetgate.billing.rating import PriceBookSpec, Rating, names_from_store
-from fleetgate.domain.errors import ApiError, AuthenticationFailed, InvalidRequest
-from fleetgate.http.errors import error_response
+from fleetgate.api.app import make_api
+from fleetgate.api.auth import Credentials
+from fleetgate.api.usage import admin_usage_router, usage_router
+from fleetgate.billing.rating import PriceBookSpec, Rating
+from fleetgate.domain.errors import AuthenticationFailed
 from fleetgate.http.server import bind_socket
 from fleetgate.metering.ledger import SqlLedger
-from fleetgate.tenancy.auth import Principal, bearer_token
+from fleetgate.tenancy.auth import Authenticate, Principal, bearer_token
 from fleetgate.tenancy.models import TenantSpec
 from fleetgate.tenancy.store import TenantStore
 from tests.billing.test_rating import BOOK1, BOOK2, E1, E2, E3
@@ -49,21 +46,12 @@ async def serve(app: Any) -> AsyncIterator[str]:
         sock.close()
 
 
-def admin_app(ledger: SqlLedger, rating: Rating) -> FastAPI:
-    """The router inside a FastAPI app with the same error mapping as fleetgate.api.admin."""
-    inner = FastAPI()
-
-    async def on_api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return error_response(exc)
-
-    async def on_validation(request: Request, exc: Exception) -> Response:
-        return error_response(InvalidRequest(f"invalid request: {exc}"))
-
-    inner.add_exception_handler(ApiError, on_api_error)
-    inner.add_exception_handler(RequestValidationError, on_validation)
-    inner.include_router(admin_usage_router(ledger, rating))
-    return inner
+def apps(ledger: SqlLedger, rating: Rating, authenticate: Authenticate) -> tuple[FastAPI, FastAPI]:
+    """The tenant route, and the admin router alone (the admin key is the admin API's, tested there)."""
+    credentials = Credentials.of(None, None, authenticate)
+    return make_api([usage_router(ledger, rating)], credentials), make_api(
+        [admin_usage_router(ledger, rating)], credentials
+    )
 
 
 @dataclass
@@ -83,7 +71,7 @@ class Env:
 async def env(db_url: str) -> AsyncIterator[Env]:
     store = await TenantStore.open(db_url)
     ledger = SqlLedger(store.engine)
-    rating = Rating(store.engine, tenant_names=names_from_store(store))
+    rating = Rating(store.engine, tenant_names=store.external_ids)
     principals: dict[str, Principal] = {}
     keys: dict[str, str] = {}
     ids: dict[str, str] = {}
@@ -105,8 +93,8 @@ async def env(db_url: str) -> AsyncIterator[Env]:
     now = datetime.now(UTC).timestamp()
     today = replace(E1, event_id="e-today", started_at=now, ended_at=now + 2)
     await ledger.insert([replace(e, tenant_id=ids[e.tenant_id]) for e in (E1, E2, E3, today)])
-    v1 = Starlette(routes=usage_routes(ledger, rating, authenticate))
-    async with serve(v1) as v1_url, serve(admin_app(ledger, rating)) as admin_url, aiohttp.ClientSession() as http:
+    v1, admin = apps(ledger, rating, authenticate)
+    async with serve(v1) as v1_url, serve(admin) as admin_url, aiohttp.ClientSession() as http:
         yield Env(v1_url, admin_url, keys, http)
     await store.close()
 

@@ -24,9 +24,9 @@ from fleetgate.billing.rating import (
     book_at,
     book_changes,
     book_from_spec,
-    event_usage,
     format_money,
     make_policy,
+    ratable,
     rate,
     to_micros,
 )
@@ -34,7 +34,7 @@ from fleetgate.billing.report import usage_report
 from fleetgate.db.schema import price_books, usage_daily, usage_events
 from fleetgate.domain.errors import InvalidRequest, NotFound
 from fleetgate.metering.events import UsageEvent
-from fleetgate.metering.ledger import SqlLedger
+from fleetgate.metering.ledger import DailyUsage, SqlLedger
 
 T0 = datetime(2026, 11, 2, 9, tzinfo=UTC).timestamp()
 NAMES = {"tid-acme": "acme", "tid-bravo": "bravo"}
@@ -91,7 +91,7 @@ def book(version: int, spec: dict[str, Any]) -> PriceBook:
 
 
 def charge(e: UsageEvent, b: PriceBook) -> Charge:
-    return rate(event_usage(e, NAMES.get(e.tenant_id, e.tenant_id)), b, PerToken())
+    return rate(ratable(e, NAMES.get(e.tenant_id, e.tenant_id)), b, PerToken())
 
 
 def test_version_1_by_hand() -> None:
@@ -129,12 +129,26 @@ def test_lookup_order_overrides_and_adapter_fallback() -> None:
 
 
 def test_no_cache_discount_policy_and_registry() -> None:
-    usage = event_usage(E1, "acme")
+    usage = ratable(E1, "acme")
     # cached 400 charged at the input rate 0.10: 40 instead of 20.
     assert rate(usage, book(1, BOOK1), NoCacheDiscount()).total == 60 + 40 + 100
     assert make_policy("no_cache_discount").name == "no_cache_discount"
     with pytest.raises(InvalidRequest, match="per_token"):
         make_policy("nope")
+
+
+def test_an_event_and_its_days_roll_up_are_rated_alike() -> None:
+    row = DailyUsage(
+        day=date(2026, 11, 2), tenant_id=E2.tenant_id, model=E2.model, adapter=E2.adapter, gpu_type=E2.gpu_type,
+        requests=1, prompt_tokens=E2.prompt_tokens, cached_tokens=E2.cached_tokens,
+        completion_tokens=E2.completion_tokens, busy_seconds=3600.0, ok=1, aborts=0, errors=0, timeouts=0,
+        rejected=0, lost=0,
+    )  # fmt: skip
+    by_event, by_row = ratable(E2, "bravo"), ratable(row, "bravo")
+    assert (by_event.key, by_row.key) == ("e2", "2026-11-02|tid-bravo|smollm2|support-bot|cpu")
+    assert replace(by_event, key=by_row.key) == by_row
+    lost = replace(E1, ended_at=E1.started_at - 5)  # a clock step back: busy time is never negative
+    assert ratable(lost, "acme").busy_seconds == 0.0
 
 
 def test_money_parsing_and_printing() -> None:

@@ -14,6 +14,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from fleetgate.engines.base import JsonPost
+from fleetgate.engines.counters import EngineCounters
+from fleetgate.engines.vllm import VLLM
 from tests.contract.conftest import EngineFacts
 
 # Common one-token English words: a prompt of N of them is about N tokens in any BPE vocabulary.
@@ -292,3 +295,53 @@ def test_lora_load_duplicate_use_unload(contract_engine: EngineFacts) -> None:
     assert status == 404
     status, models = contract_engine.get("/v1/models")
     assert name not in {m["id"] for m in models["data"]}
+
+
+# ------------------------------------------------------------------------------- the vLLM dialect (engines/vllm.py)
+
+
+def _post_to(engine: EngineFacts) -> JsonPost:
+    """The `post` the fleet hands a dialect, over this engine (blocking is fine in a test)."""
+
+    async def post(path: str, body: dict[str, Any]) -> Any:
+        status, data = engine.post(path, body)
+        return data if status == 200 else None
+
+    return post
+
+
+async def test_the_dialect_counts_prompts_as_the_engine_bills_them(contract_engine: EngineFacts) -> None:
+    assert VLLM.count_prompt is not None
+    messages = [{"role": "user", "content": "Count me, " + long_prompt(40)}]
+    counted = await VLLM.count_prompt({"model": contract_engine.model, "messages": messages}, _post_to(contract_engine))
+    assert counted == chat(contract_engine, messages[0]["content"])["usage"]["prompt_tokens"]
+
+
+def test_the_dialect_reads_the_token_counters_reconcile_compares(contract_engine: EngineFacts) -> None:
+    def counters() -> EngineCounters:
+        status, text = contract_engine.get("/metrics")
+        assert status == 200 and isinstance(text, str)
+        return VLLM.token_counters(text)
+
+    prompt = long_prompt(300)
+    chat(contract_engine, prompt)
+    before = counters()
+    usage = chat(contract_engine, prompt)["usage"]  # the second time its prefix is cached
+    after = counters()
+    assert before.prompt_total is not None and after.prompt_total is not None
+    assert before.prompt_fresh is not None and after.prompt_fresh is not None
+    assert after.prompt_total - before.prompt_total == usage["prompt_tokens"]
+    assert after.prompt_fresh - before.prompt_fresh == usage["prompt_tokens"] - cached(usage) > 0
+    assert after.completion - before.completion == usage["completion_tokens"]
+
+
+def test_the_dialect_loads_and_unloads_adapters(contract_engine: EngineFacts) -> None:
+    lora, name = VLLM.lora, f"dialect-{uuid.uuid4().hex[:6]}"
+    assert lora is not None
+    outcomes: list[str | None] = []
+    for _ in range(2):
+        status, detail = contract_engine.post(*lora.load_request(name, contract_engine.lora_path))
+        outcomes.append(lora.load_outcome(status, json.dumps(detail)))
+    for _ in range(2):
+        outcomes.append(lora.unload_outcome(contract_engine.post(*lora.unload_request(name))[0]))
+    assert outcomes == ["loaded", "already", "unloaded", "gone"]

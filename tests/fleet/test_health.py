@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestServer
 
 from fleetgate.config import GatewayConfig
 from fleetgate.fleet.client import EngineClient
-from fleetgate.fleet.health import HealthChecker, context_of, detected_kind
+from fleetgate.fleet.health import HealthChecker
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 
 VLLM_LISTING = {
@@ -20,22 +20,17 @@ VLLM_LISTING = {
         {"id": "sql-lora", "object": "model", "owned_by": "vllm", "parent": "smollm2", "max_model_len": 2048},
     ],
 }
-
-
-def test_kind_comes_from_owned_by() -> None:
-    assert detected_kind(VLLM_LISTING) == "vllm"
-    assert detected_kind({"data": [{"id": "m", "owned_by": "llamacpp"}]}) == "llamacpp"
-    assert detected_kind({"data": [{"id": "m", "owned_by": "sglang"}]}) == "sglang"
-    assert detected_kind({"data": [{"id": "m", "owned_by": "acme"}]}) is None
-    assert detected_kind(["not", "a", "listing"]) is None
-    assert context_of(VLLM_LISTING) == 2048
-    assert context_of({"data": [{"id": "m", "meta": {"n_ctx": 4096}}]}) == 4096
+LLAMACPP_LISTING = {
+    "object": "list",
+    "data": [{"id": "smollm2", "object": "model", "owned_by": "llamacpp", "meta": {"n_ctx": 4096, "n_vocab": 49152}}],
+}
+LISTING = web.AppKey("listing", dict)  # {"now": the model list the engine answers}
 
 
 @pytest.fixture
 async def engine() -> AsyncIterator[TestServer]:
     async def models(request: web.Request) -> web.Response:
-        return web.json_response(VLLM_LISTING)
+        return web.json_response(request.app[LISTING]["now"])
 
     async def health(request: web.Request) -> web.Response:
         return web.Response()
@@ -44,6 +39,7 @@ async def engine() -> AsyncIterator[TestServer]:
         return web.json_response({"error": {"message": "not JSON"}}, status=400)  # what the route probe gets
 
     app = web.Application()
+    app[LISTING] = {"now": VLLM_LISTING}
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat)
@@ -79,5 +75,20 @@ async def test_plain_engine_is_recognised_and_adapters_are_not_bases(engine: Tes
         client.get_json = original  # type: ignore[method-assign]
         await checker.check(replica)
         assert replica.adapters == {"sql-lora"}
+    finally:
+        await client.close()
+
+
+async def test_each_dialect_reads_its_own_context_window(engine: TestServer) -> None:
+    engine.app[LISTING]["now"] = LLAMACPP_LISTING
+    client = EngineClient(GatewayConfig())
+    await client.start()
+    try:
+        plain = Replica(id="e0", url=str(engine.make_url("")).rstrip("/"))
+        named = Replica(id="e1", url=plain.url, kind="vllm")  # config says vLLM: the listing does not change it
+        checker = HealthChecker(ReplicaRegistry([plain, named]), client, interval=60, timeout=2)
+        await checker.check_all()
+        assert (plain.healthy, plain.kind, plain.context_len) == (True, "llamacpp", 4096)
+        assert (named.healthy, named.kind, named.context_len) == (True, "vllm", None)  # no `max_model_len` there
     finally:
         await client.close()

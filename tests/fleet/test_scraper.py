@@ -10,9 +10,11 @@ import pytest
 from aiohttp import web
 
 from fleetgate.config import GatewayConfig
-from fleetgate.engines.registry import LLAMACPP_METRICS, SGLANG_METRICS, VLLM_METRICS
+from fleetgate.engines.llamacpp import METRICS as LLAMACPP_METRICS
+from fleetgate.engines.sglang import METRICS as SGLANG_METRICS
+from fleetgate.engines.vllm import METRICS as VLLM_METRICS
 from fleetgate.fleet.client import EngineClient
-from fleetgate.fleet.metrics import ReplicaMetrics, parse_metrics, select_samples
+from fleetgate.fleet.metrics import ReplicaMetrics, parse_metrics
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.fleet.scraper import MetricsScraper
 from tests.fakes import free_port
@@ -67,12 +69,6 @@ def test_sglang_names() -> None:
     # SGLang has no prefix query counter: prompt tokens are the queries, cached tokens the hits.
     assert (m.prefix_queries, m.prefix_hits) == (81289, 40112)
     assert m.generation_tokens == 75575
-
-
-def test_selection_drops_histograms_and_comments() -> None:
-    kept = select_samples(_text("vllm.metrics"), VLLM_METRICS.sample_names())
-    assert "bucket" not in kept and "#" not in kept
-    assert kept.count("\n") == len(VLLM_METRICS.sample_names())
 
 
 def test_garbage_raises_value_error() -> None:

@@ -18,7 +18,7 @@ from fleetgate.fleet.discovery import KubernetesDiscovery, StaticDiscovery, sync
 from fleetgate.fleet.health import HealthChecker
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.fleet.upstream import ConnectFailed, UpstreamPool
-from fleetgate.gateway.app import remote_replicas
+from fleetgate.gateway.build import remote_replicas
 from tests.fleet.secure_engine import SecureEngine, self_signed
 from tests.gateway_harness import running_gateway
 from tests.waiting import wait_until
@@ -158,7 +158,7 @@ async def test_gateway_serves_and_meters_an_https_prefixed_keyed_engine(
 
 def test_the_engine_key_is_never_shown(tmp_path: Path) -> None:
     endpoint = EngineEndpoint(url="https://127.0.0.1:1/p", api_key="shh-secret-value")
-    replica = Replica.from_endpoint(0, endpoint)
+    replica = remote_replicas([endpoint])[0]
     assert replica.api_key == "shh-secret-value"
     for shown in (repr(endpoint), str(endpoint.model_dump()), repr(replica), json.dumps(replica.to_json())):
         assert "shh-secret-value" not in shown

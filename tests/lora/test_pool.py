@@ -96,6 +96,23 @@ async def test_concurrent_requests_for_one_cold_adapter_cause_one_load(engine: E
     assert engine.loads() == 1 and pool.loads == 1
 
 
+async def test_an_adapter_another_gateway_loaded_is_taken_as_loaded(engine: Engine, client: EngineClient) -> None:
+    a1 = adapter("a1")
+    first, second = pool_for(client, [a1]), pool_for(client, [a1])
+    other_view = Replica(id=engine.replica.id, url=engine.replica.url, kind="vllm", healthy=True)
+    outcomes: list[str] = []
+    second.observer = lambda replica, name, outcome, seconds: outcomes.append(outcome)
+    await first.ensure(engine.replica, a1)
+    assert await second.ensure(other_view, a1) is True  # the engine answers 400 "already loaded"
+    assert other_view.adapters == {"a1"} and outcomes == ["already"]
+    assert engine.loads() == 1 and (first.loads, second.loads) == (1, 0)
+    await second.unload(other_view, "a1")
+    await first.unload(engine.replica, "a1")  # gone already: the engine's 404 is not a failure
+    assert (
+        engine.registered() == set() and engine.replica.adapters == set() and (first.unloads, second.unloads) == (0, 1)
+    )
+
+
 async def test_least_recently_used_idle_adapter_is_unloaded_at_the_limit(engine: Engine, client: EngineClient) -> None:
     a1, a2, a3 = adapter("a1"), adapter("a2"), adapter("a3")
     pool = pool_for(client, [a1, a2, a3], limit=2)

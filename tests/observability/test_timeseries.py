@@ -27,7 +27,7 @@ INF = math.inf
 
 
 class Levels(Collector):
-    """Stands in for StateCollector: the gauges the time series reads at sample time."""
+    """Stands in for the scrape-time collectors (collectors.py): the gauges the time series reads at sample time."""
 
     def __init__(self) -> None:
         self.depths: dict[tuple[str, str, str], float] = {}

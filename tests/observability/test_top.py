@@ -15,9 +15,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from fleetgate.cli import top
+from tests.api.test_dashboard import attach_dashboard
 from tests.fakes import FakeEngine, free_port
 from tests.gateway_harness import ADMIN_KEY, RunningGateway, running_gateway
-from tests.observability.test_dashboard import attach_dashboard
 
 OVERVIEW: dict[str, Any] = {
     "object": "dashboard.overview",

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 
-from fleetgate.domain.errors import ConfigError
 from fleetgate.routing.breaker import BreakerState
 from fleetgate.routing.filters import HasRoom
 from fleetgate.routing.pipeline import RoutingPipeline
-from fleetgate.routing.plugins import make_router
+from fleetgate.routing.plugins import SCORERS, make_router
 from fleetgate.routing.router import RouteRequest
-from fleetgate.routing.settings import DEFAULT_WEIGHTS, RoutingSettings
 from fleetgate.routing.stats import reason_kind
 from tests.routing.helpers import FakeClock, metrics, replicas
 
@@ -99,7 +96,7 @@ def test_every_plugin_is_timed_and_every_decision_counted() -> None:
     expected = {"pick", "policy:score", "prefix_record"} | {
         f"filter:{f}" for f in ("serves_model", "healthy", "breaker", "adapter")
     }
-    expected |= {f"scorer:{s}" for s, w in DEFAULT_WEIGHTS.items() if w > 0}
+    expected |= {f"scorer:{s}" for s, w in SCORERS.default_weights().items() if w > 0}
     assert set(timings) == expected
     assert all(calls == 5 and ns > 0 for calls, ns in timings.values())
     assert sum(router.stats.reasons.values()) == 5
@@ -131,24 +128,3 @@ def test_round_robin_and_least_load_do_not_fill_the_index() -> None:
         router, _ = _router(name)
         router.pick(RouteRequest(model="m", prompt_text="x" * 1000), replicas(2))
         assert len(router.index) == 0
-
-
-def test_params_are_checked_by_name() -> None:
-    settings = RoutingSettings.from_params(
-        {"weights": {"prefix": 5}, "prefix": {"budget_mb": 8, "block_chars": 128}, "breaker": {"failures": 3}}
-    )
-    assert settings.weights["prefix"] == 5 and settings.weights["kv"] == DEFAULT_WEIGHTS["kv"]
-    assert (settings.prefix.budget_bytes, settings.prefix.block_chars) == (8 << 20, 128)
-    assert settings.breaker.failures == 3
-    cases: list[tuple[dict[str, Any], str]] = [
-        ({"weights": {"prefx": 1}}, "routing.params.weights.prefx"),
-        ({"weights": {"prefix": -1}}, "routing.params.weights.prefix"),
-        ({"imbalance_abs": "x"}, "routing.params.imbalance_abs"),
-        ({"queue_scale": 0}, "routing.params.queue_scale"),
-        ({"nope": 1}, "routing.params.nope"),
-        ({"prefix": {"ttl": 0}}, "routing.params.prefix"),
-        ({"breaker": {"failure": 2}}, "routing.params.breaker.failure"),
-    ]
-    for params, field in cases:
-        with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-            make_router("score", params)

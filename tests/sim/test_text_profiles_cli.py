@@ -55,6 +55,16 @@ def test_shipped_profiles_load_and_errors_name_the_field(tmp_path: Path) -> None
     assert h100.with_overrides(kv_blocks=7, max_loras=None).kv_blocks == 7
 
 
+def test_fault_overrides_keep_the_profiles_other_faults(tmp_path: Path) -> None:
+    path = tmp_path / "faulty.yaml"
+    path.write_text("name: f\nprefill_tokens_per_s: 1000\ndecode_base_ms: 1\nfaults: {error_rate: 0.5, latency_s: 2}\n")
+    faulty = load_profile(path).with_faults(latency_s=None, hang_rate=0.25, crash_after=3)
+    assert (faulty.faults.error_rate, faulty.faults.latency_s) == (0.5, 2.0)  # kept: not given, or None
+    assert (faulty.faults.hang_rate, faulty.faults.crash_after) == (0.25, 3)
+    with pytest.raises(ConfigError, match=r"faults\.error_rate"):
+        faulty.with_faults(error_rate=2.0)
+
+
 def test_register_adds_the_sim_engine_command() -> None:
     app = typer.Typer()
     app.command("noop")(lambda: None)  # a second command keeps Typer in multi-command mode

@@ -22,6 +22,7 @@ from fleetgate.billing.prices import micros
 from fleetgate.billing.rating import PerToken, PriceBookSpec, Rating
 from fleetgate.config import PricesConfig
 from fleetgate.db.engine import make_engine, migrate
+from fleetgate.domain.usage import Usage
 from fleetgate.tenancy.auth import Principal, TenantAuthenticator
 from fleetgate.tenancy.gate import TenantGate
 from fleetgate.tenancy.limits.base import LimitSpec
@@ -213,7 +214,7 @@ async def test_counter_rounds_the_month_to_date_sum_not_each_request(sqlite_url:
         limiter = MemoryLimiter()
         gate = TenantGate(TenantAuthenticator(store), limiter, PricesConfig())
         principal = Principal(info, tenant)
-        usage = {"prompt_tokens": 7, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 3}}
+        usage = Usage(prompt=7, cached=3, completion=3)
         for i in range(10):
             admission = await gate.admit(principal, {"model": "smollm2", "messages": []}, f"r{i}")
             await gate.settle(admission, usage, 0)

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleetgate.api.errors import error_responses
 from fleetgate.domain.errors import InvalidRequest, NotFound
 from fleetgate.fleet.replicas import ReplicaRegistry
 from fleetgate.lora.catalog import AdapterSpec
@@ -41,7 +42,7 @@ def admin_adapters_router(pool: AdapterPool, registry: ReplicaRegistry) -> APIRo
         placed = _placement(pool, registry)
         return [{**a.public(), "loaded_on": sorted(placed.get(a.name, []))} for a in await store.list()]
 
-    @router.get("/adapters/{name}", summary="One adapter")
+    @router.get("/adapters/{name}", summary="One adapter", responses=error_responses(404))
     async def get_adapter(name: str) -> dict[str, Any]:
         adapter = await store.get(name)
         if adapter is None:
@@ -59,7 +60,12 @@ def admin_adapters_router(pool: AdapterPool, registry: ReplicaRegistry) -> APIRo
         response.status_code = 201 if outcome == "created" else 200
         return adapter.public()
 
-    @router.delete("/adapters/{name}", status_code=204, summary="Remove an adapter and unload it everywhere")
+    @router.delete(
+        "/adapters/{name}",
+        status_code=204,
+        summary="Remove an adapter and unload it everywhere",
+        responses=error_responses(404),
+    )
     async def delete_adapter(name: str) -> None:
         await store.remove(name)
         await pool.catalog.reload()

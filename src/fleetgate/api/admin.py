@@ -1,7 +1,8 @@
-"""The admin HTTP API (`/admin`, its own key): tenants, keys and the fleet, described at /admin/openapi.json.
+"""The admin HTTP API (`/admin`, the admin key): tenants, keys and the fleet, described at /admin/openapi.json.
 
-Every path under /admin, the OpenAPI document included, needs the admin key: a middleware checks it before FastAPI
-routes anything (FastAPI serves its OpenAPI document outside the app's dependencies).
+Every path under /admin needs the admin key, the OpenAPI document and unknown paths included (a catch-all route
+answers those, after the key): a caller without it learns nothing about which routes exist. The document
+describes the answers the API really gives: OpenAI-shaped errors, 400 for what FastAPI calls 422.
 """
 
 from __future__ import annotations
@@ -10,23 +11,28 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI
-from fastapi.exceptions import RequestValidationError
-from fastapi.security import HTTPBearer
+from fastapi import APIRouter, Depends
+from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import BaseRoute
 
-from fleetgate.domain.errors import ApiError, InvalidRequest, NotFound
+from fleetgate.api.app import GET
+from fleetgate.api.auth import admin
+from fleetgate.api.errors import error_responses
+from fleetgate.domain.errors import InvalidRequest, NotFound
 from fleetgate.fleet.replicas import ReplicaRegistry
-from fleetgate.http.errors import error_response, http_exception_handler, internal_error_handler
-from fleetgate.tenancy.failures import FailureLimiter
 from fleetgate.tenancy.models import TenantSpec
-from fleetgate.tenancy.secret_check import SecretCheck
 from fleetgate.tenancy.store import TenantStore
 from fleetgate.tenancy.views import KeyView, NewKey, TenantView, key_view, tenant_view
+
+TITLE = "fleetgate admin API"
+NOT_FOUND = error_responses(404)
+# The methods the catch-all answers after checking the key: every one a client is likely to try.
+ANY_METHOD = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE"]
+ROUTED = {"GET", "POST", "PUT", "DELETE"}  # an unknown path with one of these is a 404, with another a 405
 
 
 class KeyCreate(BaseModel):
@@ -67,74 +73,16 @@ class TenantUpsert(BaseModel):
     io_log_retention_days: float | None = None
 
 
-class RequireAdmin:
-    """ASGI middleware: answers 401 (429 after repeated failures) unless the request carries the admin key."""
-
-    def __init__(self, app: ASGIApp, check: SecretCheck) -> None:
-        self.app = app
-        self.check = check
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Check the key, then pass the request on."""
-        if scope["type"] == "http":
-            header = next((value for name, value in scope["headers"] if name == b"authorization"), None)
-            peer = scope.get("client")
-            try:
-                self.check.verify(header, client=peer[0] if peer else None)
-            except ApiError as exc:
-                await error_response(exc)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def build_admin_app(
-    store: TenantStore,
-    registry: ReplicaRegistry,
-    admin_key: str,
-    routers: Sequence[APIRouter] = (),
-    *,
-    failures: FailureLimiter | None = None,
-) -> FastAPI:
-    """The admin API bound to a store; every path needs `Authorization: Bearer <admin key>`."""
-    check = SecretCheck(
-        [admin_key],
-        failures=failures,
-        asked="admin API: send the admin key as `Authorization: Bearer <admin key>`",
-    )
-    app = FastAPI(
-        title="fleetgate admin API",
-        version="1",
-        openapi_url="/openapi.json",
-        docs_url=None,
-        redoc_url=None,
-        # Checked by RequireAdmin; declared here so the OpenAPI document says how to authenticate.
-        dependencies=[Depends(HTTPBearer(auto_error=False, description="the admin key"))],
-    )
-    app.add_middleware(RequireAdmin, check=check)
-
-    async def on_api_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return error_response(exc)
-
-    async def on_validation(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors())
-        return error_response(InvalidRequest(f"invalid request: {problems}"))
-
-    app.add_exception_handler(ApiError, on_api_error)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(HTTPException, http_exception_handler)  # FastAPI's own (a body that is not UTF-8)
-    app.add_exception_handler(Exception, internal_error_handler)
-
-    @app.get("/tenants", response_model=list[TenantView], summary="List tenants")
+def _tenant_routes(router: APIRouter, store: TenantStore) -> None:
+    @router.get("/tenants", response_model=list[TenantView], summary="List tenants")
     async def list_tenants(include_deleted: bool = False) -> list[TenantView]:
         return [tenant_view(t) for t in await store.list_tenants(include_deleted)]
 
-    @app.get("/tenants/{external_id}", response_model=TenantView, summary="Show a tenant")
+    @router.get("/tenants/{external_id}", response_model=TenantView, summary="Show a tenant", responses=NOT_FOUND)
     async def get_tenant(external_id: str) -> TenantView:
         return tenant_view(await store.require_tenant(external_id))
 
-    @app.put("/tenants/{external_id}", response_model=TenantView, summary="Create or update a tenant (idempotent)")
+    @router.put("/tenants/{external_id}", response_model=TenantView, summary="Create or update a tenant (idempotent)")
     async def put_tenant(external_id: str, body: TenantUpsert, response: Response) -> TenantView:
         try:
             spec = TenantSpec.model_validate({**body.model_dump(), "external_id": external_id})
@@ -145,46 +93,102 @@ def build_admin_app(
         response.headers["x-fleetgate-change"] = outcome
         return tenant_view(tenant)
 
-    @app.delete("/tenants/{external_id}", status_code=204, summary="Delete a tenant (keeps its usage history)")
+    @router.delete(
+        "/tenants/{external_id}",
+        status_code=204,
+        summary="Delete a tenant (keeps its usage history)",
+        responses=NOT_FOUND,
+    )
     async def delete_tenant(external_id: str) -> None:
         await store.delete_tenant(external_id)
 
-    @app.post("/tenants/{external_id}/suspend", response_model=TenantView, summary="Suspend a tenant")
+    @router.post(
+        "/tenants/{external_id}/suspend", response_model=TenantView, summary="Suspend a tenant", responses=NOT_FOUND
+    )
     async def suspend(external_id: str) -> TenantView:
         return tenant_view(await store.set_status(external_id, "suspended"))
 
-    @app.post("/tenants/{external_id}/resume", response_model=TenantView, summary="Resume a tenant")
+    @router.post(
+        "/tenants/{external_id}/resume", response_model=TenantView, summary="Resume a tenant", responses=NOT_FOUND
+    )
     async def resume(external_id: str) -> TenantView:
         return tenant_view(await store.set_status(external_id, "active"))
 
-    @app.get("/tenants/{external_id}/keys", response_model=list[KeyView], summary="List a tenant's keys")
+
+def _key_routes(router: APIRouter, store: TenantStore) -> None:
+    @router.get(
+        "/tenants/{external_id}/keys", response_model=list[KeyView], summary="List a tenant's keys", responses=NOT_FOUND
+    )
     async def list_keys(external_id: str) -> list[KeyView]:
         return [key_view(k) for k in await store.list_keys(external_id)]
 
-    @app.post("/tenants/{external_id}/keys", response_model=NewKey, status_code=201, summary="Create a key")
+    @router.post(
+        "/tenants/{external_id}/keys",
+        response_model=NewKey,
+        status_code=201,
+        summary="Create a key",
+        responses=NOT_FOUND,
+    )
     async def create_key(external_id: str, body: KeyCreate) -> NewKey:
         expires = datetime.now(UTC) + timedelta(days=body.expires_in_days) if body.expires_in_days else None
         key, info = await store.create_key(external_id, name=body.name, expires_at=expires)
         return NewKey(key=key, **key_view(info).model_dump())
 
-    @app.post("/keys/{key_id}/revoke", response_model=KeyView, summary="Revoke a key now")
+    @router.post("/keys/{key_id}/revoke", response_model=KeyView, summary="Revoke a key now", responses=NOT_FOUND)
     async def revoke_key(key_id: str) -> KeyView:
         return key_view(await store.revoke_key(key_id))
 
-    @app.post("/keys/{key_id}/rotate", response_model=NewKey, status_code=201, summary="Rotate a key")
+    @router.post(
+        "/keys/{key_id}/rotate", response_model=NewKey, status_code=201, summary="Rotate a key", responses=NOT_FOUND
+    )
     async def rotate_key(key_id: str, body: KeyRotate) -> NewKey:
         key, info = await store.rotate_key(key_id, body.grace_seconds)
         return NewKey(key=key, **key_view(info).model_dump())
 
-    @app.get("/fleet", summary="Replicas with their health")
+
+def admin_document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
+    """The OpenAPI document of the admin routes (paths relative to /admin), with the errors they really answer."""
+    doc = get_openapi(title=TITLE, version="1", routes=routes, servers=[{"url": "/admin"}])
+    for operations in doc["paths"].values():
+        for operation in operations.values():
+            responses = operation["responses"]
+            # FastAPI documents a 422 where it validates something; such a request is answered 400 (api.errors).
+            if responses.pop("422", None) is None:
+                responses.pop("400", None)
+    for unused in ("HTTPValidationError", "ValidationError"):
+        doc["components"]["schemas"].pop(unused, None)
+    return doc
+
+
+def _document_and_catch_all(router: APIRouter, documented: Sequence[BaseRoute]) -> None:
+    cached: dict[str, Any] = {}
+
+    @router.api_route("/openapi.json", methods=GET, include_in_schema=False)
+    async def openapi() -> dict[str, Any]:
+        if not cached:  # the routes are fixed once the app is built
+            cached.update(admin_document(documented))
+        return cached
+
+    @router.api_route("/{path:path}", methods=ANY_METHOD, include_in_schema=False)
+    async def unknown(path: str, request: Request) -> None:
+        if request.method not in ROUTED:
+            raise HTTPException(405)  # worded by http.errors.http_exception_handler, like every 405
+        raise NotFound(f"no admin route /admin/{path}")
+
+
+def admin_router(store: TenantStore, registry: ReplicaRegistry, routers: Sequence[APIRouter] = ()) -> APIRouter:
+    """`/admin`: tenants, keys, the fleet and `routers` (usage, adapters), every path behind the admin key."""
+    inner = APIRouter(dependencies=[Depends(admin)], responses=error_responses(400, 401, 429))
+    _tenant_routes(inner, store)
+    _key_routes(inner, store)
+
+    @inner.get("/fleet", summary="Replicas with their health")
     async def fleet() -> list[dict[str, Any]]:
         return [r.to_json() for r in registry.all()]
 
-    for router in routers:  # before the catch-all below, which would answer 404 for them
-        app.include_router(router)
-
-    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
-    async def unknown(path: str) -> None:
-        raise NotFound(f"no admin route /admin/{path}")
-
-    return app
+    for router in routers:
+        inner.include_router(router)
+    _document_and_catch_all(inner, list(inner.routes))  # last: the catch-all would answer 404 for anything after it
+    outer = APIRouter(prefix="/admin")
+    outer.include_router(inner)
+    return outer

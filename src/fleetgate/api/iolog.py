@@ -6,53 +6,20 @@ and nothing else. Another tenant's record id answers 404 exactly like an unknown
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
-from starlette.requests import Request
+from fastapi import APIRouter
 from starlette.responses import Response
-from starlette.routing import Route
 
-from fleetgate.domain.errors import ApiError, InvalidRequest, NotFound
-from fleetgate.http.errors import error_response
+from fleetgate.api.app import GET
+from fleetgate.api.auth import Tenant
+from fleetgate.domain.errors import InvalidRequest, NotFound
 from fleetgate.iolog.log import IOLog
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 RECORD_OBJECT = "iolog.record"
-
-
-class _TenantRef(Protocol):
-    @property
-    def id(self) -> str: ...
-
-
-class Caller(Protocol):
-    """What `authenticate` returns: anything with `.tenant.id` (a `fleetgate.tenancy.auth.Principal`)."""
-
-    @property
-    def tenant(self) -> _TenantRef: ...
-
-
-class Authenticate(Protocol):
-    """`TenantAuthenticator.authenticate`: the header's bytes and the peer address, to a caller or 401/403/429."""
-
-    def __call__(self, authorization: bytes | None, *, client: str | None = None) -> Awaitable[Caller]:
-        """Resolve the caller."""
-        ...
-
-
-def _peer(request: Request) -> str | None:
-    return request.client.host if request.client is not None else None
-
-
-def _authorization(request: Request) -> bytes | None:
-    # The raw header bytes, as TenantAuthenticator.authenticate takes them (no decode/encode round trip).
-    for name, value in request.scope["headers"]:
-        if name == b"authorization":
-            return bytes(value)
-    return None
 
 
 def _limit(raw: str | None) -> int:
@@ -72,41 +39,31 @@ def _json(body: dict[str, Any]) -> Response:
     return Response(orjson.dumps(body), media_type="application/json", headers={"cache-control": "no-store"})
 
 
-def iolog_routes(iolog: IOLog, authenticate: Authenticate) -> list[Route]:
-    """The I/O log read routes; `authenticate(authorization_header_bytes)` resolves the caller or raises 401/403."""
+def iolog_router(iolog: IOLog) -> APIRouter:
+    """The I/O log read routes of the calling tenant."""
+    router = APIRouter()
 
-    async def list_logs(request: Request) -> Response:
-        try:
-            caller = await authenticate(_authorization(request), client=_peer(request))
-            limit = _limit(request.query_params.get("limit"))
-            before = request.query_params.get("before") or None
-            # One extra row tells whether another page exists without a count query.
-            records = await iolog.read(caller.tenant.id, limit + 1, before)
-        except ApiError as err:
-            return error_response(err)
-        page = records[:limit]
+    @router.api_route("/v1/logs", methods=GET)
+    async def list_logs(principal: Tenant, limit: str | None = None, before: str | None = None) -> Response:
+        size = _limit(limit)  # read as text and checked here: a bad limit is a 400 naming it
+        # One extra row tells whether another page exists without a count query.
+        records = await iolog.read(principal.tenant.id, size + 1, before or None)
+        page = records[:size]
         return _json(
             {
                 "object": "list",
                 "data": [{"object": RECORD_OBJECT, **record} for record in page],
                 "first_id": page[0]["request_id"] if page else None,
                 "last_id": page[-1]["request_id"] if page else None,
-                "has_more": len(records) > limit,
+                "has_more": len(records) > size,
             }
         )
 
-    async def get_log(request: Request) -> Response:
-        request_id = str(request.path_params["request_id"])
-        try:
-            caller = await authenticate(_authorization(request), client=_peer(request))
-            record = await iolog.get(caller.tenant.id, request_id)
-            if record is None:
-                raise NotFound(f"no log record with id {request_id!r}")
-        except ApiError as err:
-            return error_response(err)
+    @router.api_route("/v1/logs/{request_id}", methods=GET)
+    async def get_log(principal: Tenant, request_id: str) -> Response:
+        record = await iolog.get(principal.tenant.id, request_id)
+        if record is None:
+            raise NotFound(f"no log record with id {request_id!r}")
         return _json({"object": RECORD_OBJECT, **record})
 
-    return [
-        Route("/v1/logs", list_logs, methods=["GET"]),
-        Route("/v1/logs/{request_id}", get_log, methods=["GET"]),
-    ]
+    return router

@@ -12,16 +12,15 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Query
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from fleetgate.api.app import GET
+from fleetgate.api.auth import Tenant
+from fleetgate.api.errors import error_responses
 from fleetgate.billing.rating import Rating
 from fleetgate.billing.report import UsageReport, usage_report
-from fleetgate.domain.errors import ApiError, InvalidRequest, NotFound, UpstreamUnavailable
-from fleetgate.http.errors import error_response
+from fleetgate.domain.errors import InvalidRequest, NotFound, UpstreamUnavailable
 from fleetgate.metering.ledger import MAX_PAGE, SqlLedger
-from fleetgate.tenancy.auth import Authenticate
 
 MAX_DAYS = 400  # a bound on one answer; roll-ups make even this cheap
 
@@ -38,8 +37,7 @@ def window(since: date | None, until: date | None) -> tuple[date, date]:
     return start, end
 
 
-def _day(request: Request, name: str) -> date | None:
-    value = request.query_params.get(name)
+def _day(value: str | None, name: str) -> date | None:
     if value is None or value == "":
         return None
     try:
@@ -52,36 +50,38 @@ def _unavailable(exc: Exception) -> UpstreamUnavailable:
     return UpstreamUnavailable(f"usage ledger unavailable ({type(exc).__name__}); retry shortly", retry_after=5)
 
 
-def usage_routes(ledger: SqlLedger, rating: Rating, authenticate: Authenticate) -> list[Route]:
+def usage_router(ledger: SqlLedger, rating: Rating) -> APIRouter:
     """`GET /v1/usage?since=&until=`: the caller's own usage and charges, found by its API key."""
+    router = APIRouter()
 
-    async def own_usage(request: Request) -> Response:
+    # The dates are read as text and checked here, so a bad one is a 400 naming the parameter (param=since).
+    @router.api_route("/v1/usage", methods=GET)
+    async def own_usage(principal: Tenant, since: str | None = None, until: str | None = None) -> Response:
+        start, end = window(_day(since, "since"), _day(until, "until"))
+        tenant = principal.tenant
         try:
-            header = request.headers.get("authorization")
-            peer = request.client.host if request.client is not None else None
-            principal = await authenticate(header.encode("latin-1") if header else None, client=peer)
-            since, until = window(_day(request, "since"), _day(request, "until"))
-            tenant = principal.tenant
-            try:
-                # The tenant filter comes from the key, never from the query: one tenant cannot ask for another.
-                report = await usage_report(
-                    ledger, rating, since=since, until=until, tenant_id=tenant.id, names={tenant.id: tenant.external_id}
-                )
-            except (SQLAlchemyError, OSError) as exc:
-                raise _unavailable(exc) from None
-        except ApiError as exc:
-            return error_response(exc, request.headers.get("x-request-id"))
+            # The tenant filter comes from the key, never from the query: one tenant cannot ask for another.
+            report = await usage_report(
+                ledger, rating, since=start, until=end, tenant_id=tenant.id, names={tenant.id: tenant.external_id}
+            )
+        except (SQLAlchemyError, OSError) as exc:
+            raise _unavailable(exc) from None
         body = {"object": "usage.report", "tenant": tenant.external_id, **report.tenant_view()}
         return Response(orjson.dumps(body), media_type="application/json")
 
-    return [Route("/v1/usage", own_usage, methods=["GET"])]
+    return router
 
 
 def admin_usage_router(ledger: SqlLedger, rating: Rating) -> APIRouter:
     """`GET /usage` (every tenant, with cost and margin) and `GET /usage/events` for the admin app."""
-    router = APIRouter(tags=["usage"])
+    router = APIRouter(tags=["usage"], responses=error_responses(503))  # 503: the ledger database is down
 
-    @router.get("/usage", response_model=UsageReport, summary="Usage per tenant, model and day, rated")
+    @router.get(
+        "/usage",
+        response_model=UsageReport,
+        summary="Usage per tenant, model and day, rated",
+        responses=error_responses(404),  # an unknown price book
+    )
     async def admin_usage(
         since: date | None = Query(None, description="first UTC day (default: first of this month)"),
         until: date | None = Query(None, description="last UTC day, inclusive (default: today)"),
@@ -118,7 +118,7 @@ def admin_usage_router(ledger: SqlLedger, rating: Rating) -> APIRouter:
             raise _unavailable(exc) from None
         return {"data": [e.to_dict() for e in page.events], "next_cursor": page.next_cursor}
 
-    @router.get("/usage/events/{event_id}", summary="One usage event")
+    @router.get("/usage/events/{event_id}", summary="One usage event", responses=error_responses(404))
     async def admin_event(event_id: str) -> dict[str, Any]:
         try:
             event = await ledger.get(event_id)

@@ -35,6 +35,7 @@ from fleetgate.billing.rating import (
 )
 from fleetgate.config import ModelPrice, PricesConfig
 from fleetgate.db.schema import price_books
+from fleetgate.domain.background import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,6 @@ class PriceBooks:
         self.policy: RatingPolicy = make_policy(initial.policy)
         self._engine = engine
         self._initial = initial
-        self._refresh_interval = initial.refresh_interval
         spec = spec_from_config(initial)
         epoch = datetime.fromtimestamp(0, UTC)
         self._books: list[PriceBook] = [] if spec is None else [book_from_spec(spec, 0, epoch)]
@@ -82,7 +82,7 @@ class PriceBooks:
         self._current: PriceBook | None = None
         self._window = (math.inf, -math.inf)  # [from, until) in which _current is in force; empty = recompute
         self._memo: dict[tuple[str, str | None, str], ModelRate | None] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._watch = Periodic("fleetgate-price-books", self._watch_once, initial.refresh_interval, wait_first=True)
         self._starting: asyncio.Lock | None = None
 
     @classmethod
@@ -107,17 +107,14 @@ class PriceBooks:
         if self._starting is None:
             self._starting = asyncio.Lock()
         async with self._starting:
-            if self._task is not None or self._engine is None:
+            if self._watch.running or self._engine is None:
                 return
             await self.refresh(seed=True)
-            self._task = asyncio.create_task(self._poll(), name="fleetgate-price-books")
+            self._watch.start()
 
     async def stop(self) -> None:
         """Stop watching."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._watch.stop()
 
     async def refresh(self, *, seed: bool = False) -> bool:
         """Re-read the books if a version was added; True if they changed. Keeps what it has when the DB fails."""
@@ -143,13 +140,11 @@ class PriceBooks:
         self._window = (math.inf, -math.inf)
         return True
 
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh_interval)
-            try:
-                await self.refresh(seed=not self._newest)
-            except Exception:  # the outermost boundary of this task: one bad pass must not end the watching
-                log.exception("refreshing price books failed")
+    async def _watch_once(self) -> None:
+        try:
+            await self.refresh(seed=not self._newest)
+        except Exception:  # the outermost boundary of this task: one bad pass must not end the watching
+            log.exception("refreshing price books failed")
 
     def book(self, when: float) -> PriceBook | None:
         """The book in force at Unix time `when` (rating's rule, `rating.book_at`)."""

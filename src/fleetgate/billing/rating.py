@@ -10,7 +10,7 @@ prices; within each, the most specific name wins: "model:adapter", then "model",
 Which book applies: a book is in force from its `created_at` instant (`usage prices set` puts it a few seconds
 ahead, or at `--from`, so every gateway holds it before it applies) until the next book's; an event is rated with
 the book in force when it started, and usage before the first book with the oldest. The gateway's budget counter
-follows the same rule (metering/price_books.py), with the same money function (metering/prices.py).
+follows the same rule (billing/price_books.py), with the same money function (billing/prices.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from sqlalchemy import select
@@ -29,9 +29,7 @@ from fleetgate.billing.prices import MICROS_PER_UNIT, ModelRate, micros, token_c
 from fleetgate.db.schema import price_books
 from fleetgate.domain.errors import InvalidRequest, NotFound
 from fleetgate.metering.events import UsageEvent
-
-if TYPE_CHECKING:
-    from fleetgate.tenancy.store import TenantStore
+from fleetgate.metering.ledger import DailyUsage
 
 TenantNames = Callable[[], Awaitable[Mapping[str, str]]]
 
@@ -189,18 +187,18 @@ class Ratable:
         return max(self.prompt_tokens - self.cached_tokens, 0)
 
 
-def event_usage(event: UsageEvent, tenant: str) -> Ratable:
-    """One event as something a rating policy can rate (`tenant` is the tenant's external id)."""
+def ratable(usage: UsageEvent | DailyUsage, tenant: str) -> Ratable:
+    """One event or roll-up row as something a rating policy can rate (`tenant` is the tenant's external id)."""
     return Ratable(
-        key=event.event_id,
+        key=usage.event_id if isinstance(usage, UsageEvent) else usage.key,
         tenant=tenant,
-        model=event.model,
-        adapter=event.adapter,
-        gpu_type=event.gpu_type,
-        prompt_tokens=event.prompt_tokens,
-        cached_tokens=event.cached_tokens,
-        completion_tokens=event.completion_tokens,
-        busy_seconds=max(event.ended_at - event.started_at, 0.0),
+        model=usage.model,
+        adapter=usage.adapter,
+        gpu_type=usage.gpu_type,
+        prompt_tokens=usage.prompt_tokens,
+        cached_tokens=usage.cached_tokens,
+        completion_tokens=usage.completion_tokens,
+        busy_seconds=usage.busy_seconds,
     )
 
 
@@ -318,15 +316,6 @@ def _columns(spec: PriceBookSpec) -> dict[str, Any]:
 def book_from_spec(spec: PriceBookSpec, version: int, created_at: datetime) -> PriceBook:
     """The PriceBook a spec becomes once stored (for previews and tests; storing is Rating.create_book)."""
     return _book({**_columns(spec), "version": version, "created_at": created_at})
-
-
-def names_from_store(store: TenantStore) -> TenantNames:
-    """A tenant id -> external id lookup backed by the tenant store (deleted tenants keep their names)."""
-
-    async def names() -> dict[str, str]:
-        return {t.id: t.external_id for t in await store.list_tenants(include_deleted=True)}
-
-    return names
 
 
 class Rating:

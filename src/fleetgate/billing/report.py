@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, PrivateAttr, computed_field
 
 from fleetgate.billing.book_split import rated_rows
 from fleetgate.billing.prices import micros
-from fleetgate.billing.rating import Charge, Ratable, Rating, format_money
+from fleetgate.billing.rating import Charge, Rating, format_money, ratable
 from fleetgate.domain.errors import InvalidRequest
 from fleetgate.metering.ledger import DailyUsage, SqlLedger
 
@@ -110,21 +110,6 @@ class UsageReport(BaseModel):
         """What a tenant may see of its own report: no operator cost or margin, no internal ids."""
         hidden = {"cost", "cost_micros", "margin", "margin_micros"}
         return self.model_dump(mode="json", exclude={"lines": {"__all__": {*hidden, "tenant_id"}}, "totals": hidden})
-
-
-def ratable(row: DailyUsage, tenant: str) -> Ratable:
-    """A roll-up row as something a rating policy can rate (`tenant` is the external id)."""
-    return Ratable(
-        key=row.key,
-        tenant=tenant,
-        model=row.model,
-        adapter=row.adapter,
-        gpu_type=row.gpu_type,
-        prompt_tokens=row.prompt_tokens,
-        cached_tokens=row.cached_tokens,
-        completion_tokens=row.completion_tokens,
-        busy_seconds=row.busy_seconds,
-    )
 
 
 async def usage_report(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 
 from fleetgate.cli.common import ConfigOption, JsonOption, console, fail, load, print_json
 from fleetgate.config import Config
@@ -16,20 +16,26 @@ from fleetgate.local.vllm_env import VLLM_DIST, VLLM_VERSION, VllmEnv, cached_en
 app = typer.Typer(help="Build, install and locate the embedded engines.", no_args_is_help=True)
 
 
+def _progress(engine: str, quiet: bool, *counts: ProgressColumn) -> Progress:
+    """A progress line for an engine's install or build: name, bar, `counts`, time, current step."""
+    return Progress(
+        TextColumn(f"[bold]{engine}"),
+        BarColumn(),
+        *counts,
+        TimeElapsedColumn(),
+        TextColumn("{task.description}", style="dim"),
+        console=console,
+        disable=quiet,
+    )
+
+
 def ensure_vllm(*, force: bool = False, quiet: bool = False) -> VllmEnv:
     """The cached vLLM environment, or a fresh install with a progress display."""
     if not force and (hit := cached_env()) is not None:
         return hit
     if not quiet:
         console.print(f"Installing {VLLM_DIST}=={VLLM_VERSION} into {env_dir()} (first run only; ~3 min, 3.5 GB)")
-    with Progress(
-        TextColumn("[bold]vllm"),
-        BarColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}", style="dim"),
-        console=console,
-        disable=quiet,
-    ) as progress:
+    with _progress("vllm", quiet) as progress:
         task = progress.add_task("starting", total=None)
         try:
             return install_vllm_env(force=force, step=lambda what: progress.update(task, description=what))
@@ -51,16 +57,7 @@ def ensure_engine(config: Config, *, force: bool = False, quiet: bool = False) -
 def _build(*, force: bool, quiet: bool) -> BuildInfo:
     if not quiet:
         console.print(f"Building llama-server into {build_dir_for()} (first run only; ~5-17 min on 2 cores)")
-    with Progress(
-        TextColumn("[bold]llama-server"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}", style="dim"),
-        console=console,
-        disable=quiet,
-        transient=False,
-    ) as progress:
+    with _progress("llama-server", quiet, MofNCompleteColumn()) as progress:
         task = progress.add_task("configuring", total=None)
 
         def on_step(done: int, total: int, line: str) -> None:

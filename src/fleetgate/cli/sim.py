@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import typer
 
@@ -43,16 +42,7 @@ def sim_engine(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        prof = load_profile(profile)
-        faults: dict[str, Any] = {
-            "latency_s": fault_latency,
-            "error_rate": fault_error_rate,
-            "hang_rate": fault_hang_rate,
-            "slow_stream": fault_slow_stream,
-            "crash_after": crash_after,
-        }
-        merged = {**prof.faults.model_dump(), **{k: v for k, v in faults.items() if v is not None}}
-        prof = prof.with_overrides(
+        prof = load_profile(profile).with_overrides(
             kv_blocks=kv_blocks,
             block_size=block_size,
             max_num_seqs=max_num_seqs,
@@ -60,7 +50,13 @@ def sim_engine(
             max_model_len=max_model_len,
             max_loras=max_loras,
             cold_load_s=cold_load_s,
-            faults=merged,
+        )
+        prof = prof.with_faults(
+            latency_s=fault_latency,
+            error_rate=fault_error_rate,
+            hang_rate=fault_hang_rate,
+            slow_stream=fault_slow_stream,
+            crash_after=crash_after,
         )
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)

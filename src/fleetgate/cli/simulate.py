@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,42 +62,20 @@ def simulate(
 ) -> None:
     """Simulate a fleet offline (simulated time): the gateway's router and admission over engine models."""
     # imported here so `fleetgate --help` stays fast
-    from fleetgate.cli.common import console, fail, load, print_json
+    from fleetgate.cli.common import fail, load
     from fleetgate.config import AdmissionConfig
     from fleetgate.domain.errors import ConfigError
-    from fleetgate.routing.plugins import POLICIES
-    from fleetgate.sim.fleet import FleetSim, FleetSpec
     from fleetgate.sim.profiles import load_profile
-    from fleetgate.sim.report import plot, summarize
-    from fleetgate.sim.workload import ChatWorkload, SimRequest, TraceWorkload
+    from fleetgate.sim.scenario import Comparison, gateway_admission, policy_names, read_trace, router_params
+    from fleetgate.sim.workload import ChatWorkload, SimRequest
 
-    names = [p.strip() for p in policies.split(",") if p.strip()]
-    unknown = [p for p in names if p not in POLICIES]
-    if not names or unknown:
-        fail(f"unknown policy {', '.join(unknown) or '(none)'}; known: {', '.join(sorted(POLICIES))}", 2)
-    router_params: dict[str, Any] = {}
-    admission_cfg = AdmissionConfig()
-    if config_path is not None:
-        config = load(config_path)
-        router_params, admission_cfg = dict(config.routing.params), config.admission
-    if router_params_json is not None:
-        try:
-            extra = json.loads(router_params_json)
-        except json.JSONDecodeError as exc:
-            fail(f"--router-params: not JSON: {exc}", 2)
-        if not isinstance(extra, dict):
-            fail("--router-params: expected a JSON object", 2)
-        router_params.update(extra)
-    if max_in_flight is not None:
-        admission_cfg = admission_cfg.model_copy(update={"max_in_flight_per_replica": max_in_flight})
     try:
+        names = policy_names(policies)
+        config = load(config_path) if config_path is not None else None
         prof = load_profile(profile).with_overrides(kv_blocks=kv_blocks, max_num_seqs=max_num_seqs)
         workload: Iterable[SimRequest]
         if trace is not None:
-            if not trace.is_file():
-                raise ConfigError(f"trace {trace} does not exist")
-            # read and tokenize the trace once; every policy replays the same arrivals
-            workload = list(TraceWorkload(trace, max_tokens, (prof.output_tokens_min, prof.output_tokens_max), seed))
+            workload = read_trace(trace, max_tokens, prof, seed)
         else:  # re-iterable: the same seeded arrivals for every policy
             workload = ChatWorkload(
                 requests=requests,
@@ -115,28 +92,35 @@ def simulate(
                 max_context=prof.max_model_len,
                 seed=seed,
             )
-        reports: list[PolicyReport] = []
-        for name in names:
-            spec = FleetSpec(
-                profile=prof,
-                replicas=replicas,
-                policy=name,
-                router_params=router_params,
-                admission=admission_cfg if admission and admission_cfg.enabled else None,
-                scrape_interval=scrape_interval,
-                seed=seed,
-            )
-            reports.append(summarize(FleetSim(spec).run(workload)))
+        comparison = Comparison(
+            prof,
+            replicas,
+            names,
+            router_params(config.routing.params if config else {}, router_params_json),
+            gateway_admission(config.admission if config else AdmissionConfig(), admission, max_in_flight),
+            scrape_interval,
+            seed,
+        )
+        reports = comparison.run(workload)
     except ConfigError as exc:
         fail(str(exc), 2)
     source = f"trace {trace}" if trace is not None else f"{requests} generated requests at {rate:g}/s"
-    title = f"{replicas} x {prof.name}, {source}"
+    _render(reports, {"replicas": replicas, "profile": prof.name}, source, plot_path, as_json)
+
+
+def _render(
+    reports: list[PolicyReport], fleet: dict[str, Any], source: str, plot_path: Path | None, as_json: bool
+) -> None:
+    from fleetgate.cli.common import console, print_json
+    from fleetgate.sim.report import plot
+
+    title = f"{fleet['replicas']} x {fleet['profile']}, {source}"
     if plot_path is not None:
         plot(reports, plot_path, title)
     if as_json:
         print_json(
             {
-                "fleet": {"replicas": replicas, "profile": prof.name},
+                "fleet": fleet,
                 "workload": source,
                 "plot": str(plot_path) if plot_path else None,
                 "policies": [r.to_json() for r in reports],

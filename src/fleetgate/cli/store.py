@@ -1,10 +1,10 @@
-"""Open the tenant store from config for one CLI command, and close it again."""
+"""Open the tenant store (or any database) from config for one CLI command, and close it again."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -26,9 +26,15 @@ def with_store(config_path: Path | None, action: Callable[[TenantStore], Awaitab
         finally:
             await store.close()
 
+    return run_on_database(run(), "tenant store", config.database.url)
+
+
+def run_on_database(work: Coroutine[Any, Any, T], what: str, url: str) -> T:
+    """Run `work`; exit with a clear message when it fails (the database named by `what` and its host, never its
+    credentials)."""
     try:
-        return run_async(run())
+        return run_async(work)
     except FleetgateError as exc:
         fail(str(exc))
     except (SQLAlchemyError, OSError) as exc:
-        fail(f"tenant store {config.database.url.split('@')[-1]}: {exc}")
+        fail(f"{what} {url.split('@')[-1]}: {exc}")

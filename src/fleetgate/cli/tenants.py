@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,96 +96,78 @@ IOLogOpt = typer.Option(None, "--io-log/--no-io-log", help="keep requests and re
 IOLogDaysOpt = typer.Option(None, "--io-log-retention-days", help="how long the I/O log keeps them")
 
 
-@app.command()
-def create(
-    external_id: str = typer.Argument(..., help="your own id for this tenant"),
-    name: str | None = NameOpt,
-    rpm: int | None = RpmOpt,
-    tpm: int | None = TpmOpt,
-    budget: float | None = BudgetOpt,
-    max_concurrency: int | None = ConcOpt,
-    max_input_tokens: int | None = InOpt,
-    max_output_tokens: int | None = OutOpt,
-    max_tokens_policy: str | None = PolicyOpt,
-    priority: str | None = PrioOpt,
-    weight: int | None = WeightOpt,
-    models: list[str] | None = ModelsOpt,
-    adapters: list[str] | None = AdaptersOpt,
-    io_log: bool | None = IOLogOpt,
-    io_log_retention_days: float | None = IOLogDaysOpt,
-    config_path: Path | None = ConfigOption,
-    as_json: bool = JsonOption,
-) -> None:
-    """Create a tenant (fails if it exists: use `update`, `apply` or PUT /admin/tenants/{id})."""
-    fields = _limits(
-        name,
-        rpm,
-        tpm,
-        budget,
-        max_concurrency,
-        max_input_tokens,
-        max_output_tokens,
-        max_tokens_policy,
-        priority,
-        weight,
-        models,
-        adapters,
-        io_log,
-        io_log_retention_days,
-    )
-    spec = _spec({"external_id": external_id, **fields})
+StoreAction = Callable[[TenantStore], Awaitable[Tenant]]
+
+
+def _create(external_id: str, fields: dict[str, Any]) -> StoreAction:
+    spec = _spec({"external_id": external_id, **fields})  # checked before the store is opened
 
     async def run(store: TenantStore) -> Tenant:
         if await store.get_tenant(external_id) is not None:
             raise InvalidRequest(f"tenant {external_id!r} already exists: change it with `fleetgate tenants update`")
         return (await store.upsert_tenant(spec))[0]
 
-    _show(with_store(config_path, run), as_json)
+    return run
 
 
-@app.command()
-def update(
-    external_id: str = typer.Argument(...),
-    name: str | None = NameOpt,
-    rpm: int | None = RpmOpt,
-    tpm: int | None = TpmOpt,
-    budget: float | None = BudgetOpt,
-    max_concurrency: int | None = ConcOpt,
-    max_input_tokens: int | None = InOpt,
-    max_output_tokens: int | None = OutOpt,
-    max_tokens_policy: str | None = PolicyOpt,
-    priority: str | None = PrioOpt,
-    weight: int | None = WeightOpt,
-    models: list[str] | None = ModelsOpt,
-    adapters: list[str] | None = AdaptersOpt,
-    io_log: bool | None = IOLogOpt,
-    io_log_retention_days: float | None = IOLogDaysOpt,
-    config_path: Path | None = ConfigOption,
-    as_json: bool = JsonOption,
-) -> None:
-    """Change some settings of a tenant; the others stay."""
-    fields = _limits(
-        name,
-        rpm,
-        tpm,
-        budget,
-        max_concurrency,
-        max_input_tokens,
-        max_output_tokens,
-        max_tokens_policy,
-        priority,
-        weight,
-        models,
-        adapters,
-        io_log,
-        io_log_retention_days,
-    )
-
+def _update(external_id: str, fields: dict[str, Any]) -> StoreAction:
     async def run(store: TenantStore) -> Tenant:
         current = (await store.require_tenant(external_id)).to_spec().model_dump()
         return (await store.upsert_tenant(_spec({**current, **fields})))[0]
 
-    _show(with_store(config_path, run), as_json)
+    return run
+
+
+def _settings_command(action: Callable[[str, dict[str, Any]], StoreAction], doc: str) -> Any:
+    """`create` and `update`: the same settings as options, applied by `action`."""
+
+    def command(
+        external_id: str = typer.Argument(..., help="your own id for this tenant"),
+        name: str | None = NameOpt,
+        rpm: int | None = RpmOpt,
+        tpm: int | None = TpmOpt,
+        budget: float | None = BudgetOpt,
+        max_concurrency: int | None = ConcOpt,
+        max_input_tokens: int | None = InOpt,
+        max_output_tokens: int | None = OutOpt,
+        max_tokens_policy: str | None = PolicyOpt,
+        priority: str | None = PrioOpt,
+        weight: int | None = WeightOpt,
+        models: list[str] | None = ModelsOpt,
+        adapters: list[str] | None = AdaptersOpt,
+        io_log: bool | None = IOLogOpt,
+        io_log_retention_days: float | None = IOLogDaysOpt,
+        config_path: Path | None = ConfigOption,
+        as_json: bool = JsonOption,
+    ) -> None:
+        fields = _limits(
+            name,
+            rpm,
+            tpm,
+            budget,
+            max_concurrency,
+            max_input_tokens,
+            max_output_tokens,
+            max_tokens_policy,
+            priority,
+            weight,
+            models,
+            adapters,
+            io_log,
+            io_log_retention_days,
+        )
+        _show(with_store(config_path, action(external_id, fields)), as_json)
+
+    command.__doc__ = doc
+    return command
+
+
+app.command("create")(
+    _settings_command(
+        _create, "Create a tenant (fails if it exists: use `update`, `apply` or PUT /admin/tenants/{id})."
+    )
+)
+app.command("update")(_settings_command(_update, "Change some settings of a tenant; the others stay."))
 
 
 @app.command()

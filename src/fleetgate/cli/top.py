@@ -85,12 +85,19 @@ def _last(values: list[Any]) -> Any:
 
 def render(overview: dict[str, Any]) -> RenderableType:
     """One frame: a summary line, the replicas table and the tenants table."""
+    fleet = overview.get("fleet") or []
+    parts: list[RenderableType] = [_summary(overview, fleet), _replicas(fleet), _tenants(overview)]
+    if overview.get("usage_error"):
+        parts.append(Text(f"usage: {overview['usage_error']}", "yellow"))
+    return Group(*parts)
+
+
+def _summary(overview: dict[str, Any], fleet: list[dict[str, Any]]) -> Text:
     now = overview.get("now") or {}
     series = overview.get("series") or {}
-    fleet = overview.get("fleet") or []
     at = datetime.fromtimestamp(float(overview.get("generated_at") or 0), UTC).strftime("%H:%M:%S UTC")
     healthy = sum(1 for r in fleet if r.get("healthy"))
-    summary = Text.assemble(
+    return Text.assemble(
         ("fleetgate top ", "bold"),
         (f"{at}  ", "dim"),
         f"replicas {healthy}/{len(fleet)} healthy  ",
@@ -100,14 +107,17 @@ def render(overview: dict[str, Any]) -> RenderableType:
         f"out tok/s {_num(now.get('output_tokens_per_s'), 1)}  ",
         f"TTFT p50 {_secs(_last(series.get('ttft_p50') or []))} p99 {_secs(_last(series.get('ttft_p99') or []))}",
     )
-    replicas = Table(title="replicas", title_justify="left", expand=True)
-    replicas.add_column("replica")
-    replicas.add_column("models")
-    replicas.add_column("health")
+
+
+def _replicas(fleet: list[dict[str, Any]]) -> Table:
+    table = Table(title="replicas", title_justify="left", expand=True)
+    table.add_column("replica")
+    table.add_column("models")
+    table.add_column("health")
     for header in ("in flight", "queue", "KV", "cache hit", "tokens/s"):
-        replicas.add_column(header, justify="right")
+        table.add_column(header, justify="right")
     for r in fleet:
-        replicas.add_row(
+        table.add_row(
             str(r.get("id")),
             ", ".join(r.get("models") or []) or DASH,
             Text("healthy", "green") if r.get("healthy") else Text("down", "red"),
@@ -117,14 +127,18 @@ def render(overview: dict[str, Any]) -> RenderableType:
             _pct(r.get("cache_hit")),
             _num(r.get("tokens_per_s"), 1),
         )
+    return table
+
+
+def _tenants(overview: dict[str, Any]) -> Table:
     currency = overview.get("currency")
-    tenants = Table(title="tenants", title_justify="left", expand=True)
-    tenants.add_column("tenant")
+    table = Table(title="tenants", title_justify="left", expand=True)
+    table.add_column("tenant")
     for header in ("req/s", "in tok/s", "out tok/s", "throttles 15m", f"spend today {currency or ''}".strip()):
-        tenants.add_column(header, justify="right")
+        table.add_column(header, justify="right")
     for x in overview.get("tenants") or []:
         throttles = int(x.get("throttles") or 0)
-        tenants.add_row(
+        table.add_row(
             str(x.get("tenant")),
             _num(x.get("requests_per_s"), 2),
             _num(x.get("input_tokens_per_s"), 1),
@@ -132,10 +146,7 @@ def render(overview: dict[str, Any]) -> RenderableType:
             Text(str(throttles), "yellow" if throttles else ""),
             str(x.get("spend_today") or DASH),
         )
-    parts: list[RenderableType] = [summary, replicas, tenants]
-    if overview.get("usage_error"):
-        parts.append(Text(f"usage: {overview['usage_error']}", "yellow"))
-    return Group(*parts)
+    return table
 
 
 def _error_frame(message: str) -> RenderableType:

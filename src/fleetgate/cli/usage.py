@@ -29,10 +29,9 @@ import typer
 import yaml
 from pydantic import ValidationError
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
 from fleetgate.billing.price_books import lead_time
-from fleetgate.billing.rating import PriceBook, PriceBookSpec, Rating, names_from_store
+from fleetgate.billing.rating import PriceBook, PriceBookSpec, Rating
 from fleetgate.billing.report import UsageReport, UsageTotals, usage_report
 from fleetgate.cli.common import (
     ConfigOption,
@@ -42,11 +41,11 @@ from fleetgate.cli.common import (
     fail,
     load,
     print_json,
-    run_async,
+    run_dir_for,
 )
-from fleetgate.cli.reconcile_targets import replica_targets
+from fleetgate.cli.store import run_on_database
 from fleetgate.config import Config
-from fleetgate.domain.errors import FleetgateError
+from fleetgate.local.reconcile_targets import replica_targets
 from fleetgate.metering.ledger import SqlLedger
 from fleetgate.metering.reconcile import Drift, reconcile
 from fleetgate.tenancy.store import TenantStore
@@ -87,7 +86,7 @@ def with_usage(
         try:
             store = TenantStore(ledger.engine) if shared else await TenantStore.open(config.database.url)
             try:
-                rating = Rating(ledger.engine, policy=policy, tenant_names=names_from_store(store))
+                rating = Rating(ledger.engine, policy=policy, tenant_names=store.external_ids)
                 return await action(UsageContext(config, ledger, rating, store))
             finally:
                 if not shared:
@@ -95,12 +94,7 @@ def with_usage(
         finally:
             await ledger.close()
 
-    try:
-        return run_async(run())
-    except FleetgateError as exc:
-        fail(str(exc))
-    except (SQLAlchemyError, OSError) as exc:
-        fail(f"ledger {url.split('@')[-1]}: {exc}")
+    return run_on_database(run(), "ledger", url)
 
 
 def _day(value: str | None, name: str) -> date | None:
@@ -115,46 +109,33 @@ def _day(value: str | None, name: str) -> date | None:
 def _print_report(report: UsageReport, as_json: bool, as_csv: bool) -> None:
     if as_json:
         print_json(report.model_dump(mode="json"))
-        return
-    if as_csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow([*CSV_COLUMNS, "currency"])
-        for line in report.lines:
-            data = line.model_dump(mode="json")
-            writer.writerow([*("" if data[c] is None else data[c] for c in CSV_COLUMNS), report.currency or ""])
-        return
-    cur = report.currency or "-"
+    elif as_csv:
+        _print_csv(report)
+    else:
+        _print_table(report)
+
+
+def _print_csv(report: UsageReport) -> None:
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow([*CSV_COLUMNS, "currency"])
+    for line in report.lines:
+        data = line.model_dump(mode="json")
+        writer.writerow([*("" if data[c] is None else data[c] for c in CSV_COLUMNS), report.currency or ""])
+
+
+def _counts(x: UsageTotals) -> list[str]:
+    return [str(x.requests), str(x.fresh_tokens), str(x.cached_tokens), str(x.output_tokens)]
+
+
+def _print_table(report: UsageReport) -> None:
     table = Table("day", "tenant", "model")
-    for header in ("requests", "fresh", "cached", "output", f"charge {cur}", "cost", "margin"):
+    for header in ("requests", "fresh", "cached", "output", f"charge {report.currency or '-'}", "cost", "margin"):
         table.add_column(header, justify="right")
     for x in report.lines:
-        money = (
-            (x.charge, x.cost, x.margin) if not x.unpriced_requests else (f"{x.charge} (unpriced)", x.cost, x.margin)
-        )
-        table.add_row(
-            x.day.isoformat(),
-            x.tenant,
-            x.model,
-            str(x.requests),
-            str(x.fresh_tokens),
-            str(x.cached_tokens),
-            str(x.output_tokens),
-            *money,
-        )
+        charge = f"{x.charge} (unpriced)" if x.unpriced_requests else x.charge
+        table.add_row(x.day.isoformat(), x.tenant, x.model, *_counts(x), charge, x.cost, x.margin)
     t = report.totals
-    table.add_row(
-        "total",
-        "",
-        "",
-        str(t.requests),
-        str(t.fresh_tokens),
-        str(t.cached_tokens),
-        str(t.output_tokens),
-        t.charge,
-        t.cost,
-        t.margin,
-        style="bold",
-    )
+    table.add_row("total", "", "", *_counts(t), t.charge, t.cost, t.margin, style="bold")
     period = f"{report.since or 'start'} .. {report.until or 'today'}"
     rated = f"price book v{report.price_book_version}" if report.price_book_version else "price book in force"
     table.caption = f"{period}, {rated}, policy {report.policy}"
@@ -164,29 +145,6 @@ def _print_report(report: UsageReport, as_json: bool, as_csv: bool) -> None:
             f"[yellow]{t.unpriced_requests} requests had no price[/]: add them to a price book "
             "(`fleetgate usage prices set -f prices.yaml`)"
         )
-
-
-def _report(
-    since: str | None,
-    until: str | None,
-    tenant: str | None,
-    price_book: int | None,
-    policy: str | None,
-    as_json: bool,
-    as_csv: bool,
-    config_path: Path | None,
-) -> None:
-    today = datetime.now(UTC).date()
-    start = _day(since, "--since") or today.replace(day=1)
-    end = _day(until, "--until") or today
-
-    async def run(ctx: UsageContext) -> UsageReport:
-        tenant_id = await ctx.rating.tenant_id(tenant) if tenant else None
-        return await usage_report(
-            ctx.ledger, ctx.rating, since=start, until=end, tenant_id=tenant_id, version=price_book
-        )
-
-    _print_report(with_usage(config_path, run, policy), as_json, as_csv)
 
 
 SinceOpt = typer.Option(None, "--since", help="first UTC day (YYYY-MM-DD; default: first of this month)")
@@ -199,8 +157,7 @@ PolicyOpt = typer.Option(
 CsvOpt = typer.Option(False, "--csv", help="CSV on stdout")
 
 
-@app.callback(invoke_without_command=True)
-def usage(
+def report(
     ctx: typer.Context,
     since: str | None = SinceOpt,
     until: str | None = UntilOpt,
@@ -211,24 +168,24 @@ def usage(
     as_csv: bool = CsvOpt,
     config_path: Path | None = ConfigOption,
 ) -> None:
-    """Usage per tenant, model and day with charge, cost and margin (same as `usage report`)."""
-    if ctx.invoked_subcommand is None:
-        _report(since, until, tenant, price_book, policy, as_json, as_csv, config_path)
+    """Usage per tenant, model and day with charge, cost and margin (`usage` alone is `usage report`)."""
+    if ctx.invoked_subcommand is not None:  # `usage prices ...`, `usage reconcile`: this ran as the group's callback
+        return
+    today = datetime.now(UTC).date()
+    start = _day(since, "--since") or today.replace(day=1)
+    end = _day(until, "--until") or today
+
+    async def run(usage: UsageContext) -> UsageReport:
+        tenant_id = await usage.rating.tenant_id(tenant) if tenant else None
+        return await usage_report(
+            usage.ledger, usage.rating, since=start, until=end, tenant_id=tenant_id, version=price_book
+        )
+
+    _print_report(with_usage(config_path, run, policy), as_json, as_csv)
 
 
-@app.command()
-def report(
-    since: str | None = SinceOpt,
-    until: str | None = UntilOpt,
-    tenant: str | None = TenantOpt,
-    price_book: int | None = BookOpt,
-    policy: str | None = PolicyOpt,
-    as_json: bool = JsonOption,
-    as_csv: bool = CsvOpt,
-    config_path: Path | None = ConfigOption,
-) -> None:
-    """Usage per tenant, model and day with charge, cost and margin."""
-    _report(since, until, tenant, price_book, policy, as_json, as_csv, config_path)
+app.callback(invoke_without_command=True)(report)
+app.command("report")(report)
 
 
 def _load_spec(path: Path, note: str | None) -> PriceBookSpec:
@@ -335,33 +292,41 @@ def reconcile_cmd(
 ) -> None:
     """Compare the ledger's tokens per replica with the engines' own counters (drift = engine - ledger)."""
     config = load(config_path)
-    targets, skipped = replica_targets(config, _since(since))
+    run_dir = run_dir_for(config)
+    state = run_dir.read()
+    if state is None:
+        fail(f"nothing runs from {run_dir.path}: start the stack with `fleetgate up`")
+    targets, skipped = replica_targets(state, config.engines, _since(since))
     drifts: list[Drift] = with_usage(config_path, lambda ctx: reconcile(ctx.ledger, targets)) if targets else []
     if as_json:
         print_json({"replicas": [d.to_json() for d in drifts], "skipped": skipped})
     else:
-        table = Table("replica", "kind", "since (UTC)")
-        for header in ("requests", "prompt: ledger", "engine", "drift", "output: ledger", "engine", "drift"):
-            table.add_column(header, justify="right")
-        for d in drifts:
-            start = "-" if d.since is None else datetime.fromtimestamp(d.since, UTC).strftime("%Y-%m-%d %H:%M:%S")
-            if d.error:
-                table.add_row(d.replica_id, d.kind, start, f"[red]{d.error}[/]")
-                continue
-            table.add_row(
-                d.replica_id,
-                d.kind,
-                start,
-                str(d.requests),
-                f"{d.ledger_prompt} ({d.basis})",
-                str(d.engine_prompt),
-                f"{d.prompt_drift:+d}",
-                str(d.ledger_completion),
-                str(d.engine_completion),
-                f"{d.completion_drift:+d}",
-            )
-        console.print(table)
-        for line in skipped:
-            err_console.print(f"[yellow]skipped[/] {line}")
+        _print_drifts(drifts, skipped)
     if max_drift is not None and any(not d.within(max_drift) for d in drifts):
         raise typer.Exit(1)
+
+
+def _print_drifts(drifts: list[Drift], skipped: list[str]) -> None:
+    table = Table("replica", "kind", "since (UTC)")
+    for header in ("requests", "prompt: ledger", "engine", "drift", "output: ledger", "engine", "drift"):
+        table.add_column(header, justify="right")
+    for d in drifts:
+        start = "-" if d.since is None else datetime.fromtimestamp(d.since, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        if d.error:
+            table.add_row(d.replica_id, d.kind, start, f"[red]{d.error}[/]")
+            continue
+        table.add_row(
+            d.replica_id,
+            d.kind,
+            start,
+            str(d.requests),
+            f"{d.ledger_prompt} ({d.basis})",
+            str(d.engine_prompt),
+            f"{d.prompt_drift:+d}",
+            str(d.ledger_completion),
+            str(d.engine_completion),
+            f"{d.completion_drift:+d}",
+        )
+    console.print(table)
+    for line in skipped:
+        err_console.print(f"[yellow]skipped[/] {line}")

@@ -1,71 +1,42 @@
-"""The engine adapters by kind."""
+"""The engine dialects by kind: the one place that lists them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fleetgate.domain.engine_kind import EngineKind
-from fleetgate.engines.base import EngineAdapter, MetricNames
-from fleetgate.engines.request_fields import LLAMACPP_FIELDS, SGLANG_FIELDS, VLLM_FIELDS, VLLM_STREAM_OPTIONS
+from fleetgate.engines.base import EngineAdapter
+from fleetgate.engines.llamacpp import LLAMACPP
+from fleetgate.engines.openai import OPENAI
+from fleetgate.engines.sglang import SGLANG
+from fleetgate.engines.vllm import VLLM
 
-# Names as the engines print them (llama.cpp recorded from llama-server 11434 here; vLLM from v1
-# metrics/loggers.py, labelled `engine` and `model_name`; SGLang from srt/metrics/collector.py).
-LLAMACPP_METRICS = MetricNames(
-    waiting="llamacpp:requests_deferred",
-    running="llamacpp:requests_processing",
-    prompt_tokens="llamacpp:prompt_tokens_total",
-    generation_tokens="llamacpp:tokens_predicted_total",
-    cached_prompt_tokens="llamacpp:prompt_tokens_cached_total",
-    prompt_excludes_cached=True,
-)
-VLLM_METRICS = MetricNames(
-    waiting="vllm:num_requests_waiting",
-    running="vllm:num_requests_running",
-    kv_usage="vllm:kv_cache_usage_perc",
-    prefix_queries="vllm:prefix_cache_queries_total",
-    prefix_hits="vllm:prefix_cache_hits_total",
-    prompt_tokens="vllm:prompt_tokens_total",
-    generation_tokens="vllm:generation_tokens_total",
-    cached_prompt_tokens="vllm:prompt_tokens_cached_total",
-)
-SGLANG_METRICS = MetricNames(
-    waiting="sglang:num_queue_reqs",
-    running="sglang:num_running_reqs",
-    kv_usage="sglang:token_usage",
-    prompt_tokens="sglang:prompt_tokens_total",
-    generation_tokens="sglang:generation_tokens_total",
-    cached_prompt_tokens="sglang:cached_tokens_total",
-)
-
-ADAPTERS: dict[EngineKind, EngineAdapter] = {
-    # llama-server answers /health with 503 while loading, 200 when ready.
-    "llamacpp": EngineAdapter(
-        kind="llamacpp",
-        health_path="/health",
-        metric_names=LLAMACPP_METRICS,
-        props_path="/props",
-        request_fields=LLAMACPP_FIELDS,
-        stream_fields=(("timings_per_token", True),),
-    ),
-    "vllm": EngineAdapter(
-        kind="vllm",
-        health_path="/health",
-        metric_names=VLLM_METRICS,
-        runtime_lora=True,
-        salts_cache=True,
-        request_fields=VLLM_FIELDS,
-        stream_options=VLLM_STREAM_OPTIONS,
-    ),
-    "sglang": EngineAdapter(
-        kind="sglang",
-        health_path="/health",
-        metric_names=SGLANG_METRICS,
-        runtime_lora=True,
-        request_fields=SGLANG_FIELDS,
-    ),
-    # An unknown OpenAI-compatible server: its model list is the only endpoint we can count on.
-    "openai": EngineAdapter(kind="openai", health_path="/v1/models", metrics_path=None),
-}
+ADAPTERS: dict[EngineKind, EngineAdapter] = {a.kind: a for a in (LLAMACPP, VLLM, SGLANG, OPENAI)}
+_SIGNED: dict[str, EngineKind] = {a.owned_by: a.kind for a in ADAPTERS.values() if a.owned_by is not None}
 
 
 def adapter_for(kind: EngineKind) -> EngineAdapter:
     """The adapter for an engine kind."""
     return ADAPTERS[kind]
+
+
+def reconcilable(kind: str) -> EngineAdapter | None:
+    """The adapter for a kind named outside config (a run dir, the CLI) if its token counters can be read."""
+    adapter = next((a for a in ADAPTERS.values() if a.kind == kind), None)
+    return adapter if adapter is not None and adapter.read_counters is not None else None
+
+
+def reconcilable_kinds() -> tuple[EngineKind, ...]:
+    """The kinds whose token counters reconcile reads."""
+    return tuple(kind for kind, adapter in ADAPTERS.items() if adapter.read_counters is not None)
+
+
+def detect_kind(listing: Any) -> EngineKind | None:
+    """The engine behind a plain `--engine URL`, from `owned_by` in its model list (vLLM, llama.cpp and SGLang
+    each sign their entries), so its metrics, slots, LoRA endpoints and cache salting are used without config."""
+    if not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
+        return None
+    for item in listing["data"]:
+        if isinstance(item, dict) and (kind := _SIGNED.get(str(item.get("owned_by", "")).lower())) is not None:
+            return kind
+    return None

@@ -1,13 +1,12 @@
-"""Which request fields each engine dialect gets from a tenant: an allowlist per engine, everything else dropped.
+"""Which request fields an engine gets from a tenant: an allowlist per dialect, everything else dropped.
 
 An engine reads far more than OpenAI's fields, and several of them are controls no tenant may hold: llama-server's
 `n_predict` (an output length it prefers over `max_tokens`), `id_slot`, `lora`, `cache_prompt`, `n_keep`,
 `response_fields`; vLLM's `priority` (its own scheduling order), `kv_transfer_params`, `vllm_xargs`,
 `prompt_logprobs`, `use_beam_search`; SGLang's `lora_path` and `rid`. A denylist breaks the day an engine adds one
-more, so each dialect lists what passes: OpenAI's fields plus the engine's documented sampling and formatting
-options (the sources: llama.cpp tools/server/server-schema.cpp of the build we ship; vLLM 0.32
-ChatCompletionRequest / CompletionRequest; SGLang srt/entrypoints/openai/protocol.py). Output lengths are never
-passed as sent: the policy decided one limit (tenancy/policy.py) and `prepare` writes it as `max_tokens`.
+more, so each dialect lists what passes: OpenAI's fields (here) plus the engine's documented sampling and
+formatting options (in its own file). Output lengths are never passed as sent: the policy decided one limit
+(tenancy/policy.py) and `prepare` writes it as `max_tokens`.
 """
 
 from __future__ import annotations
@@ -43,83 +42,10 @@ OPENAI_FIELDS = frozenset(
         "reasoning_effort",
     }
 )
-LLAMACPP_FIELDS = OPENAI_FIELDS | {
-    "top_k",
-    "min_p",
-    "typical_p",
-    "top_n_sigma",
-    "repeat_penalty",
-    "repeat_last_n",
-    "dry_multiplier",
-    "dry_base",
-    "dry_allowed_length",
-    "dry_penalty_last_n",
-    "dry_sequence_breakers",
-    "xtc_probability",
-    "xtc_threshold",
-    "mirostat",
-    "mirostat_tau",
-    "mirostat_eta",
-    "dynatemp_range",
-    "dynatemp_exponent",
-    "min_keep",
-    "samplers",
-    "grammar",
-    "json_schema",
-    "ignore_eos",
-    "n_probs",
-    "post_sampling_probs",
-    "chat_template_kwargs",
-    "reasoning_format",
-}
-VLLM_FIELDS = OPENAI_FIELDS | {
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "length_penalty",
-    "min_tokens",
-    "ignore_eos",
-    "stop_token_ids",
-    "bad_words",
-    "allowed_token_ids",
-    "skip_special_tokens",
-    "spaces_between_special_tokens",
-    "include_stop_str_in_output",
-    "structured_outputs",
-    "chat_template_kwargs",
-    "add_generation_prompt",
-    "continue_final_message",
-    "add_special_tokens",
-    "documents",
-    "truncate_prompt_tokens",
-    "include_reasoning",
-    "thinking_token_budget",
-    "return_token_ids",
-    "return_tokens_as_token_ids",
-    "cache_salt",
-}
-SGLANG_FIELDS = OPENAI_FIELDS | {
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "min_tokens",
-    "ignore_eos",
-    "stop_token_ids",
-    "skip_special_tokens",
-    "spaces_between_special_tokens",
-    "no_stop_trim",
-    "continue_final_message",
-    "separate_reasoning",
-    "stream_reasoning",
-    "chat_template_kwargs",
-    "regex",
-    "ebnf",
-}
 # Output lengths every engine reads (llama.cpp's n_predict, with the other two as its aliases): never passed as sent.
 LENGTH_ALIASES = frozenset({"max_tokens", "max_completion_tokens", "n_predict"})
-# Inside `stream_options`: usage is always forced on; vLLM also streams running usage when asked.
+# OpenAI's one option inside `stream_options` (the gateway always forces usage on); a dialect may allow more.
 STREAM_OPTIONS = frozenset({"include_usage"})
-VLLM_STREAM_OPTIONS = frozenset({"include_usage", "continuous_usage_stats"})
 
 
 def allowed_body(

@@ -16,10 +16,9 @@ from typing import Any
 
 import aiohttp
 
-from fleetgate.domain.background import Background
-from fleetgate.domain.engine_kind import EngineKind
+from fleetgate.domain.background import Periodic
 from fleetgate.engines.base import adapter_ids, model_ids
-from fleetgate.engines.registry import adapter_for
+from fleetgate.engines.registry import adapter_for, detect_kind
 from fleetgate.fleet.client import EngineClient
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.fleet.upstream import UpstreamIOError
@@ -44,35 +43,6 @@ def refusal(status: int, url: str) -> str | None:
     return None
 
 
-def context_of(listing: Any) -> int | None:
-    """The context window an engine reports in its model list: vLLM `max_model_len`, llama.cpp `meta.n_ctx`."""
-    if not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
-        return None
-    found: list[int] = []
-    for item in listing["data"]:
-        if not isinstance(item, dict):
-            continue
-        meta = item.get("meta")
-        value = item.get("max_model_len") or (meta.get("n_ctx") if isinstance(meta, dict) else None)
-        if isinstance(value, int) and value > 0:
-            found.append(value)
-    return min(found) if found else None
-
-
-_OWNERS: dict[str, EngineKind] = {"vllm": "vllm", "llamacpp": "llamacpp", "sglang": "sglang"}
-
-
-def detected_kind(listing: Any) -> EngineKind | None:
-    """The engine behind a plain `--engine URL`, from `owned_by` in its model list (vLLM, llama.cpp and SGLang
-    each sign their entries), so its metrics, slots, LoRA endpoints and cache salting are used without config."""
-    if not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
-        return None
-    for item in listing["data"]:
-        if isinstance(item, dict) and (kind := _OWNERS.get(str(item.get("owned_by", "")).lower())) is not None:
-            return kind
-    return None
-
-
 class HealthChecker:
     """Checks every replica each `interval` seconds and refreshes its model list."""
 
@@ -86,11 +56,11 @@ class HealthChecker:
     ) -> None:
         self._registry = registry
         self._client = client
-        self._interval = interval
         self._timeout = timeout
         self._route_interval = route_interval
         self._routes: dict[str, tuple[str, float]] = {}  # replica id -> (url, when its route was last proven)
-        self._background = Background("fleetgate-health")
+        # The gateway probes every replica itself before it starts serving, so the loop waits one interval first.
+        self._periodic = Periodic("fleetgate-health", self.check_all, interval, wait_first=True)
 
     async def check(self, replica: Replica) -> None:
         """Probe one replica and record the result."""
@@ -112,12 +82,14 @@ class HealthChecker:
         adapters = adapter_ids(listing)  # what the engine itself says is loaded
         if models - adapters:
             replica.models = models - adapters  # vLLM lists loaded adapters as models: they are not bases
-        replica.context_len = context_of(listing) or replica.context_len
         if replica.adapter_epoch == epoch and not replica.adapters_loading:
             # Only a list fetched after this gateway's last load or unload there says what is loaded now.
             replica.adapters = adapters
-        if replica.kind == "openai":
-            replica.kind = detected_kind(listing) or "openai"
+        if adapter.owned_by is None:
+            # An engine named only by URL speaks the generic dialect until its model list signs it.
+            replica.kind = detect_kind(listing) or replica.kind
+            adapter = adapter_for(replica.kind)
+        replica.context_len = adapter.context_len(listing) or replica.context_len
         if not replica.healthy:
             log.info("replica %s healthy (%s)", replica.id, ", ".join(sorted(replica.models)))
         replica.mark(True)
@@ -158,13 +130,8 @@ class HealthChecker:
 
     def start(self) -> None:
         """Run the periodic loop in the background."""
-        self._background.start(self._loop)
+        self._periodic.start()
 
     async def stop(self) -> None:
         """Stop the periodic loop."""
-        await self._background.stop()
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.check_all()
+        await self._periodic.stop()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from fleetgate.engines.base import MetricNames
+from fleetgate.engines.prometheus import sample_values
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,33 +47,6 @@ class ReplicaMetrics:
     def fresh(self, now: float, stale_after: float) -> bool:
         """True while the scrape is recent enough to trust."""
         return now - self.scraped_at <= stale_after
-
-
-def select_samples(text: str, wanted: frozenset[str]) -> str:
-    """Only the sample lines named in `wanted`: vLLM prints hundreds of histogram lines the router never reads.
-
-    Dropping `# TYPE` lines too keeps the parser from renaming counter samples (it appends `_total` to a
-    counter sample that lacks it, as llama.cpp's `n_tokens_max` does), so names stay exactly as printed.
-    """
-    kept: list[str] = []
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        brace = line.find("{")
-        name = line[:brace] if brace >= 0 else line.split(" ", 1)[0]
-        if name in wanted:
-            kept.append(line)
-    kept.append("")
-    return "\n".join(kept)
-
-
-def sample_values(text: str, wanted: frozenset[str]) -> dict[str, list[float]]:
-    """Values of the wanted samples, one per label set (engines in data parallel, ranks)."""
-    values: dict[str, list[float]] = {}
-    for family in text_string_to_metric_families(select_samples(text, wanted)):
-        for sample in family.samples:
-            values.setdefault(sample.name, []).append(float(sample.value))
-    return values
 
 
 def parse_metrics(names: MetricNames, text: str, scraped_at: float, total_slots: int | None = None) -> ReplicaMetrics:

@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleetgate.config import EngineEndpoint
 from fleetgate.domain.engine_kind import EngineKind
 from fleetgate.fleet.metrics import ReplicaMetrics
 
@@ -45,19 +44,6 @@ class Replica:
     adapter_epoch: int = 0
     api_key: str | None = field(default=None, repr=False)
     ca_file: Path | None = None
-
-    @classmethod
-    def from_endpoint(cls, index: int, endpoint: EngineEndpoint) -> Replica:
-        """The registry entry for a configured engine; ConfigError if its api_key_env is unset."""
-        return cls(
-            id=endpoint.id or f"engine-{index}",
-            url=endpoint.url,
-            kind=endpoint.kind,
-            models=set(endpoint.models),
-            gpu_type=endpoint.gpu_type,
-            api_key=endpoint.bearer_key(),
-            ca_file=endpoint.ca_file,
-        )
 
     def serves(self, model: str) -> bool:
         """True if this replica lists the model (an empty list means 'not known yet': never matches)."""

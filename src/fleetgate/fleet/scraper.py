@@ -6,11 +6,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import aiohttp
 
-from fleetgate.domain.background import Background
+from fleetgate.domain.background import Periodic
+from fleetgate.engines.base import SlotsSource
 from fleetgate.engines.registry import adapter_for
 from fleetgate.fleet.client import EngineClient
 from fleetgate.fleet.metrics import parse_metrics
@@ -44,7 +44,7 @@ class MetricsScraper:
         self._timeout = timeout if timeout is not None else max(0.2, min(interval, 2.0))
         self._clock = clock
         self._slots: dict[str, tuple[str, int]] = {}  # replica id -> (url, total_slots): fixed while the url is
-        self._background = Background("fleetgate-scraper")
+        self._periodic = Periodic("fleetgate-scraper", self.scrape_all, interval, clock=clock)
         self.errors: dict[str, int] = {}  # scrape failures per replica, for the operator's metrics
 
     async def scrape(self, replica: Replica) -> bool:
@@ -53,7 +53,7 @@ class MetricsScraper:
         if adapter.metric_names is None or adapter.metrics_path is None:
             return False
         try:
-            slots = await self._total_slots(replica, adapter.props_path)
+            slots = await self._total_slots(replica, adapter.slots)
             text = await self._get_text(replica.url + adapter.metrics_path)
             replica.metrics = parse_metrics(adapter.metric_names, text, self._clock(), slots)
         except _FAILURES as exc:
@@ -73,18 +73,11 @@ class MetricsScraper:
 
     def start(self) -> None:
         """Run the periodic loop in the background."""
-        self._background.start(self._loop)
+        self._periodic.start()
 
     async def stop(self) -> None:
         """Stop the periodic loop."""
-        await self._background.stop()
-
-    async def _loop(self) -> None:
-        while True:
-            started = self._clock()
-            await self.scrape_all()
-            # Keep the period steady whatever the scrape took, without ever spinning.
-            await asyncio.sleep(max(0.05, self.interval - (self._clock() - started)))
+        await self._periodic.stop()
 
     async def _get_text(self, url: str) -> str:
         async with self._client.session.get(url, timeout=aiohttp.ClientTimeout(total=self._timeout)) as resp:
@@ -95,15 +88,14 @@ class MetricsScraper:
                 )
             return body.decode()
 
-    async def _total_slots(self, replica: Replica, props_path: str | None) -> int | None:
-        if props_path is None:
+    async def _total_slots(self, replica: Replica, source: SlotsSource | None) -> int | None:
+        if source is None:
             return None
         known = self._slots.get(replica.id)
         if known is not None and known[0] == replica.url:
             return known[1]
-        props: Any = await self._client.get_json(replica.url + props_path, self._timeout)
-        slots = props.get("total_slots") if isinstance(props, dict) else None
-        if not isinstance(slots, int) or slots <= 0:
+        slots = source.read(await self._client.get_json(replica.url + source.path, self._timeout))
+        if slots is None:
             return None  # asked again next time
         self._slots[replica.id] = (replica.url, slots)
         return slots

@@ -9,7 +9,7 @@ was not our code:
 - the response head and the first body bytes in two writes (two syscalls): the head waits for the first bytes;
 - a task per request that watches `receive()` for a disconnect: the cycle calls the handler back instead.
 
-Slow and malformed clients meet the read deadlines and head limits of api/read_limits.py on every path.
+Slow and malformed clients meet the read deadlines and head limits of http/read_limits.py on every path.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # The ASGI extension a lane's scope carries: call it with a callback to hear, once, that the client went away
 # before the response was complete (and with None to stop listening).
 ON_DISCONNECT = "fleetgate.on_disconnect"
-LaneApp = Callable[..., Any]  # an ASGI callable serving one lane (api.openai.CompletionEndpoint)
+LaneApp = Callable[..., Any]  # an ASGI callable serving one lane (api.lanes.CompletionEndpoint)
 
 
 class LaneCycle(RequestResponseCycle):
@@ -120,7 +120,7 @@ class LaneCycle(RequestResponseCycle):
 
 
 class GatewayProtocol(ReadLimitsProtocol):
-    """uvicorn's httptools protocol, within read limits; POSTs to a lane (api.openai.FastLane) run on a LaneCycle."""
+    """uvicorn's httptools protocol, within read limits; POSTs to a lane (api.lanes.FastLane) run on a LaneCycle."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

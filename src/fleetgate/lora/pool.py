@@ -36,7 +36,7 @@ class AdapterLoadError(UpstreamError):
 
 
 def can_load(replica: Replica) -> bool:
-    """True if the replica's engine loads adapters while serving (vLLM, SGLang; not llama.cpp)."""
+    """True if the replica's engine loads adapters while serving (its dialect has LoRA endpoints)."""
     return adapter_for(replica.kind).runtime_lora
 
 
@@ -144,20 +144,19 @@ class AdapterPool:
         return True
 
     async def _load(self, replica: Replica, adapter: Adapter) -> None:
-        if not can_load(replica):
+        endpoints = adapter_for(replica.kind).lora
+        if endpoints is None:
             raise AdapterLoadError(f"replica {replica.id} ({replica.kind}) cannot load adapters at run time")
         await self._make_room(replica)
         started = self.clock()
-        status, detail = await self._post(
-            replica, "/v1/load_lora_adapter", {"lora_name": adapter.name, "lora_path": adapter.path}
-        )
-        # vLLM answers 400 "already loaded" when another gateway process loaded it first: that is success.
-        if status == 200 or (status == 400 and "already" in detail.lower()):
+        status, detail = await self._post(replica, *endpoints.load_request(adapter.name, adapter.path))
+        outcome = endpoints.load_outcome(status, detail)
+        if outcome is not None:
             replica.adapters = replica.adapters | {adapter.name}
             replica.adapter_epoch += 1
-            self.loads += status == 200
+            self.loads += outcome == "loaded"
             self._last_used[(replica.id, adapter.name)] = self.clock()
-            self._observe(replica, adapter.name, "loaded" if status == 200 else "already", started)
+            self._observe(replica, adapter.name, outcome, started)
             log.info("loaded adapter %s on %s in %.2fs", adapter.name, replica.id, self.clock() - started)
             return
         self._observe(replica, adapter.name, "failed", started)
@@ -182,15 +181,19 @@ class AdapterPool:
             loaded.remove(victim)
 
     async def unload(self, replica: Replica, name: str) -> None:
-        """Unload one adapter (404 from the engine means it is already gone)."""
+        """Unload one adapter (an engine that says it is not there has it unloaded too)."""
+        endpoints = adapter_for(replica.kind).lora
+        if endpoints is None:
+            return  # adapters fixed at the engine's start: nothing to unload, its model list stays the truth
         started = self.clock()
-        status, detail = await self._post(replica, "/v1/unload_lora_adapter", {"lora_name": name})
-        if status not in (200, 404):
+        status, detail = await self._post(replica, *endpoints.unload_request(name))
+        outcome = endpoints.unload_outcome(status)
+        if outcome is None:
             raise AdapterLoadError(f"replica {replica.id} could not unload `{name}` ({status}): {detail[:300]}")
         replica.adapters = replica.adapters - {name}
         replica.adapter_epoch += 1
         self._last_used.pop((replica.id, name), None)
-        self.unloads += status == 200
+        self.unloads += outcome == "unloaded"
         self._observe(replica, name, "unloaded", started)
 
     async def _post(self, replica: Replica, path: str, body: dict[str, str]) -> tuple[int, str]:

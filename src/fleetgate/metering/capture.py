@@ -13,9 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fleetgate.engines.tokenize import count_prompt_tokens
+from fleetgate.domain.usage import Usage
 from fleetgate.fleet.client import EngineClient
 from fleetgate.fleet.replicas import Replica
+from fleetgate.fleet.tokenize import count_prompt_tokens
 from fleetgate.metering.events import EventStatus, UsageEvent, UsageSource
 from fleetgate.metering.outbox import Outbox, StartRecord
 
@@ -47,7 +48,7 @@ class Measured:
     http_status: int
     started_at: float
     first_token_at: float | None
-    usage: dict[str, Any] | None
+    usage: Usage | None
     content_events: int
     est_prompt_tokens: int
     replica: Replica | None
@@ -118,11 +119,9 @@ class UsageCapture:
     def _write(self, m: Measured, inflight: InFlight | None) -> None:
         self._inflight.pop(m.request_id, None)
         source: UsageSource
-        if m.usage is not None:
-            prompt = int(m.usage.get("prompt_tokens") or 0)
-            completion = int(m.usage.get("completion_tokens") or 0)
-            details = m.usage.get("prompt_tokens_details")
-            cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+        usage = m.usage
+        if usage is not None:
+            prompt, cached, completion = usage
             source = "engine"
         elif inflight is None:
             prompt = cached = completion = 0  # never reached an engine

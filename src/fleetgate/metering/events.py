@@ -64,6 +64,11 @@ class UsageEvent:
         return max(self.prompt_tokens - self.cached_tokens, 0)
 
     @property
+    def busy_seconds(self) -> float:
+        """How long the request held its replica: the operator's GPU time, whoever pays for it."""
+        return max(self.ended_at - self.started_at, 0.0)
+
+    @property
     def billable(self) -> bool:
         """False for outcomes the gateway caused: their tokens are kept but never charged."""
         return self.status not in UNBILLED_STATUSES

@@ -166,7 +166,7 @@ def _rollups(events: Iterable[UsageEvent]) -> list[dict[str, Any]]:
             acc["prompt_tokens"] += e.prompt_tokens
             acc["cached_tokens"] += e.cached_tokens
             acc["completion_tokens"] += e.completion_tokens
-        acc["busy_seconds"] += max(e.ended_at - e.started_at, 0.0)  # the GPU was busy either way: operator cost
+        acc["busy_seconds"] += e.busy_seconds  # the GPU was busy either way: operator cost
         acc[STATUS_COLUMNS.get(e.status, "errors")] += 1  # a status newer than this code still gets counted
     # Sorted keys: concurrent writers take row locks in the same order, so they cannot deadlock.
     return [

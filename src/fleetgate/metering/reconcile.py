@@ -1,15 +1,13 @@
 """Reconcile the ledger with the engines' own token counters, per replica.
 
 An engine's counters start at zero when its process starts, so each replica is compared over the events that
-started since then. Counter semantics differ by engine (see ENGINES.md):
-- llama.cpp: `llamacpp:prompt_tokens_total` EXCLUDES cached tokens (compare with the ledger's fresh input),
-  `llamacpp:tokens_predicted_total` is output; cancelled requests' tokens are counted too.
-- vLLM: `vllm:prompt_tokens_total` includes cached tokens, `vllm:prompt_tokens_cached_total` (when present) gives
-  the cached part, `vllm:generation_tokens_total` is output; series are labelled (engine, model_name) and summed.
-Drift = engine - ledger. Positive: the engine computed tokens the ledger lacks (events still in the outbox, lost
-events, traffic that bypassed the gateway); negative: the ledger holds more than the engine computed.
+started since then. Which counters an engine keeps and what they mean is its dialect's (`read_counters` in
+engines/llamacpp.py, engines/vllm.py): fresh prompt tokens when the engine counts them apart (compared with the
+ledger's fresh input), else all prompt tokens; output tokens. Drift = engine - ledger. Positive: the engine
+computed tokens the ledger lacks (events still in the outbox, lost events, traffic that bypassed the gateway);
+negative: the ledger holds more than the engine computed.
 
-Which counters to read comes from the engine's kind: a local replica's is its launcher's; an engine started
+Which dialect to read with comes from the engine's kind: a local replica's is its launcher's; an engine started
 elsewhere that config does not name a kind for is asked, as the health check does (`owned_by` in /v1/models).
 Its counters began when its process did: vLLM says when (`process_start_time_seconds`); for llama.cpp, give
 `--since` (the engine's start, or any time after which all its traffic came through this gateway).
@@ -18,38 +16,27 @@ Its counters began when its process did: vLLM says when (`process_start_time_sec
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from fleetgate.domain.errors import FleetgateError
-from fleetgate.fleet.health import detected_kind
+from fleetgate.engines.base import EngineAdapter
+from fleetgate.engines.counters import CountersError, EngineCounters
+from fleetgate.engines.registry import detect_kind, reconcilable, reconcilable_kinds
 from fleetgate.metering.ledger import SqlLedger, TokenTotals
-
-MetricsKind = Literal["llamacpp", "vllm"]
-KINDS: tuple[MetricsKind, ...] = ("llamacpp", "vllm")
 
 
 class ReconcileError(FleetgateError):
-    """An engine's metrics could not be read or lack the counters reconcile needs."""
-
-
-@dataclass(frozen=True, slots=True)
-class EngineCounters:
-    """Token counters of one engine process since it started."""
-
-    prompt_fresh: int | None  # prompt tokens the engine computed (cached ones excluded), if it tells
-    prompt_total: int | None  # prompt tokens including cached ones, if it tells
-    completion: int
+    """An engine could not be read, or does not say what reconcile needs (its kind, its start)."""
 
 
 @dataclass(frozen=True, slots=True)
 class ReplicaTarget:
-    """A replica to reconcile: where its /metrics is, what engine it runs (anything but a kind in KINDS: ask the
-    engine), when its counters began (Unix s; None: ask the engine, which only vLLM can answer)."""
+    """A replica to reconcile: where its /metrics is, what engine it runs (a kind whose counters cannot be read,
+    such as "openai": ask the engine), when its counters began (Unix s; None: ask the engine, which only vLLM
+    can answer)."""
 
     id: str
     url: str
@@ -105,51 +92,6 @@ class Drift:
         }
 
 
-def _sums(text: str) -> dict[str, float]:
-    sums: dict[str, float] = defaultdict(float)
-    try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                sums[sample.name] += sample.value
-    except ValueError as exc:
-        raise ReconcileError(f"unreadable Prometheus text: {exc}") from None
-    return sums
-
-
-def _need(sums: dict[str, float], name: str, hint: str) -> int:
-    if name not in sums:
-        raise ReconcileError(f"/metrics has no {name}{hint}")
-    return round(sums[name])
-
-
-def _by_source(text: str, source: str) -> int | None:
-    # Newer vLLM splits prompt tokens by where they came from; "local_compute" is the fresh part.
-    found: int | None = None
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "vllm:prompt_tokens_by_source_total" and sample.labels.get("source") == source:
-                found = (found or 0) + round(sample.value)
-    return found
-
-
-def parse_counters(kind: str, text: str) -> EngineCounters:
-    """Read an engine's token counters from its Prometheus text (series with labels are summed)."""
-    sums = _sums(text)
-    if kind == "llamacpp":
-        hint = " (start llama-server with --metrics)"
-        fresh = _need(sums, "llamacpp:prompt_tokens_total", hint)
-        cached = sums.get("llamacpp:prompt_tokens_cached_total")
-        completion = _need(sums, "llamacpp:tokens_predicted_total", hint)
-        return EngineCounters(fresh, None if cached is None else fresh + round(cached), completion)
-    if kind == "vllm":
-        total = _need(sums, "vllm:prompt_tokens_total", "")
-        completion = _need(sums, "vllm:generation_tokens_total", "")
-        cached = sums.get("vllm:prompt_tokens_cached_total")
-        computed = total - round(cached) if cached is not None else _by_source(text, "local_compute")
-        return EngineCounters(computed, total, completion)
-    raise ReconcileError(f"cannot reconcile engine kind {kind!r}: known kinds are {', '.join(KINDS)}")
-
-
 def compare(target: ReplicaTarget, ledger: TokenTotals, engine: EngineCounters) -> Drift:
     """Ledger totals against engine counters: fresh prompt tokens when the engine counts them, else totals; cached
     tokens too when the engine counts both (a row that bills cached tokens as fresh is drift, not a wash)."""
@@ -190,43 +132,42 @@ async def fetch_metrics(session: aiohttp.ClientSession, url: str, timeout: float
     return await (await _get(session, url.rstrip("/") + "/metrics", timeout)).text()
 
 
-async def detect_kind(session: aiohttp.ClientSession, url: str, timeout: float = 5.0) -> MetricsKind:
-    """The engine's kind from its signed model list (as the health check reads it); ReconcileError if unsigned."""
+async def detect_adapter(session: aiohttp.ClientSession, url: str, timeout: float = 5.0) -> EngineAdapter:
+    """The engine's dialect from its signed model list (as the health check reads it); ReconcileError when the
+    list is unsigned or names an engine whose counters cannot be read."""
     resp = await _get(session, url.rstrip("/") + "/v1/models", timeout)
     try:
-        kind = detected_kind(await resp.json(content_type=None))
+        kind = detect_kind(await resp.json(content_type=None))
     except ValueError:
         kind = None
-    if kind not in KINDS:
+    adapter = reconcilable(kind) if kind is not None else None
+    if adapter is None:
         raise ReconcileError(
-            f"cannot tell which engine serves {url} (its /v1/models is not signed by {', '.join(KINDS)}):"
-            " set `kind` for it in config"
+            f"cannot tell which engine serves {url} (its /v1/models is not signed by"
+            f" {', '.join(reconcilable_kinds())}): set `kind` for it in config"
         )
-    return kind
-
-
-def process_start(text: str) -> float:
-    """When the engine's process (and so its counters) started, from `process_start_time_seconds` (vLLM)."""
-    start = _sums(text).get("process_start_time_seconds")
-    if not start:
-        raise ReconcileError("the engine does not say when its counters began: pass --since")
-    return start
+    return adapter
 
 
 async def _one(ledger: SqlLedger, session: aiohttp.ClientSession, target: ReplicaTarget, timeout: float) -> Drift:
     try:
-        if target.kind not in KINDS:
-            target = replace(target, kind=await detect_kind(session, target.url, timeout))
-        text = await fetch_metrics(session, target.url, timeout)
-        counters = parse_counters(target.kind, text)
+        adapter = reconcilable(target.kind) or await detect_adapter(session, target.url, timeout)
+        target = replace(target, kind=adapter.kind)
+        counters = adapter.token_counters(await fetch_metrics(session, target.url, timeout))
         if target.since is None:
-            target = replace(target, since=process_start(text))
-    except ReconcileError as exc:
+            target = replace(target, since=_began(counters))
+    except (ReconcileError, CountersError) as exc:
         return Drift(replica_id=target.id, url=target.url, kind=target.kind, since=target.since, error=str(exc))
     assert target.since is not None
     # Scrape first, then read the ledger: a request ending in between shows as negative drift, never hides a loss.
     totals = await ledger.replica_totals(target.since, replica_ids=[target.id])
     return compare(target, totals.get(target.id, TokenTotals()), counters)
+
+
+def _began(counters: EngineCounters) -> float:
+    if not counters.started_at:
+        raise ReconcileError("the engine does not say when its counters began: pass --since")
+    return counters.started_at
 
 
 async def reconcile(ledger: SqlLedger, targets: list[ReplicaTarget], timeout: float = 5.0) -> list[Drift]:

@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 
+from fleetgate.engines.base import RunningCounts
+
 # An event larger than this is not an engine's chunk: the stream is treated as broken rather than buffered forever.
 MAX_EVENT_BYTES = 4 << 20
 
@@ -43,16 +45,23 @@ class SSERelay:
         "_buf",
         "_delim",
         "_drop_usage_event",
-        "_last_timings",
+        "_last_counts",
         "_max_event_bytes",
+        "_running",
         "content_events",
         "done",
         "events",
         "usage",
     )
 
-    def __init__(self, drop_usage_event: bool, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+    def __init__(
+        self,
+        drop_usage_event: bool,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        running_counts: RunningCounts | None = None,
+    ) -> None:
         self._buf = b""
+        self._running = running_counts  # the engine dialect's running counts on each chunk, if it streams them
         self._max_event_bytes = max_event_bytes
         self._delim = b""
         self._drop_usage_event = drop_usage_event
@@ -60,7 +69,7 @@ class SSERelay:
         self.events = 0
         self.content_events = 0  # chunks that carried generated text: the partial count if usage never comes
         self.done = False
-        self._last_timings = b""  # the latest events that carried llama.cpp's running `timings` (kept, not parsed)
+        self._last_counts = b""  # the latest events that carried running counts (kept, not parsed)
 
     def feed(self, data: bytes) -> bytes:
         """Take a piece of the upstream stream; return the complete events to forward now.
@@ -80,23 +89,20 @@ class SSERelay:
         self.content_events += _content_count(complete)
         if b"[DONE]" in complete and _ends_stream(complete, self._delim):  # the first test is the common exit
             self.done = True
-        if b'"timings"' in complete:
-            self._last_timings = complete
+        if self._running is not None and self._running.marker in complete:
+            self._last_counts = complete
         if _has_usage(complete):
             return self._take_usage(complete)
         return complete
 
     def engine_counts(self) -> dict[str, Any] | None:
         """The engine's own running counts when its usage block never came (llama.cpp `timings_per_token`): the
-        last `timings` received, as a usage block, so an aborted stream bills what the engine really did."""
-        if not self._last_timings:
+        latest received, as a usage block, so an aborted stream bills what the engine really did."""
+        running = self._running
+        if running is None or not self._last_counts:
             return None
-        for event in reversed(self._last_timings.split(self._delim)):
-            payload = _data_of(event) if b'"timings"' in event else None
-            timings = payload.get("timings") if payload is not None else None
-            if isinstance(timings, dict):
-                return _usage_of_timings(timings)
-        return None
+        latest_first = reversed(self._last_counts.split(self._delim))
+        return running.read(_data_of(event) for event in latest_first if running.marker in event)
 
     def _hold(self, buf: bytes) -> bytes:
         if len(buf) > self._max_event_bytes:
@@ -150,21 +156,3 @@ def _data_of(event: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
-
-
-def _usage_of_timings(timings: dict[str, Any]) -> dict[str, Any] | None:
-    """llama.cpp's `timings` as an OpenAI usage block: prompt_n are the tokens it computed, cache_n those it reused."""
-    values: list[Any] = [timings.get(k) for k in ("prompt_n", "cache_n", "predicted_n")]
-    if not all(_count(v) for v in values):
-        return None
-    computed, cached, predicted = values
-    return {
-        "prompt_tokens": computed + cached,
-        "completion_tokens": predicted,
-        "total_tokens": computed + cached + predicted,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    }
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -1,9 +1,8 @@
-"""The web dashboard: `/dashboard` (a static page served by the gateway) and the JSON it polls.
+"""What the web dashboard shows (api/dashboard.py serves it): the fleet, the tenants, the time series.
 
-`GET /dashboard/api/overview` needs the admin key: the fleet, every tenant's traffic and spend today, the last
-15 minutes of charts and the recent routing decisions (`fleetgate top` reads it too). `GET /dashboard/api/tenant`
-takes a tenant key and answers only about that tenant. The page itself holds no data, so it is served without a
-key (a browser cannot send a Bearer header on navigation); the user pastes a key, which stays in sessionStorage.
+`build_overview` is the admin's whole view (`fleetgate top` reads it too); `build_tenant_page` is one tenant's own
+view of itself, without operator cost. Today's usage comes from the ledger through a short cache, and a ledger that
+is down leaves the live view useful: charts and fleet still show, usage says why it is missing.
 """
 
 from __future__ import annotations
@@ -11,55 +10,22 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any
 
-import orjson
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
 
 from fleetgate.billing.rating import Rating, format_money
 from fleetgate.billing.report import UsageReport, usage_report
-from fleetgate.domain.errors import ApiError, NotFound
+from fleetgate.domain.errors import ApiError
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
-from fleetgate.http.errors import error_response
 from fleetgate.metering.ledger import SqlLedger
 from fleetgate.observability.timeseries import TimeSeries
-from fleetgate.tenancy.auth import Authenticate
-from fleetgate.tenancy.failures import FailureLimiter
 from fleetgate.tenancy.models import Tenant
-from fleetgate.tenancy.secret_check import SecretCheck
 
-AdminCheck = SecretCheck  # raises ApiError unless the header carries the admin key
-TenantCheck = Authenticate
 UsageToday = Callable[[str | None], Awaitable[UsageReport]]  # today's rated usage of one tenant id, or of all (None)
 
 STALE_AFTER = 10.0  # seconds: an engine scrape older than this is shown as unknown, not as the last value
 DECISIONS_SHOWN = 50
-ASSETS = {
-    "dashboard.js": "text/javascript; charset=utf-8",
-    "dashboard.css": "text/css; charset=utf-8",
-}
-# Everything comes from the gateway itself: no CDN, no inline script, no framing.
-SECURITY_HEADERS = {
-    "content-security-policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-    ),
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
-    "cache-control": "no-cache",
-}
-
-
-def admin_key_check(admin_key: str | None, failures: FailureLimiter | None = None) -> AdminCheck:
-    """An AdminCheck for `Authorization: Bearer <admin key>` (always 401 when the admin key is not configured);
-    constant-time, and failures count against the sender's address."""
-    return SecretCheck(
-        [admin_key], failures=failures, asked="dashboard: send the admin key as `Authorization: Bearer <admin key>`"
-    )
 
 
 def ledger_usage_today(ledger: SqlLedger, rating: Rating) -> UsageToday:
@@ -72,7 +38,7 @@ def ledger_usage_today(ledger: SqlLedger, rating: Rating) -> UsageToday:
     return today
 
 
-class _UsageCache:
+class UsageCache:
     """Today's usage, re-read at most every `ttl` seconds per key: many open dashboards cost the ledger one query."""
 
     def __init__(self, usage: UsageToday, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -82,6 +48,7 @@ class _UsageCache:
         self._entries: dict[str | None, tuple[float, UsageReport]] = {}
 
     async def get(self, tenant_id: str | None) -> UsageReport:
+        """Today's usage of one tenant id (or of all: None)."""
         now = self._clock()
         hit = self._entries.get(tenant_id)
         if hit is not None and now - hit[0] < self._ttl:
@@ -213,74 +180,8 @@ def build_tenant_page(
     }
 
 
-def _json(body: dict[str, Any]) -> Response:
-    # no-store: the answer carries tenant data and must not sit in a shared cache.
-    return Response(orjson.dumps(body), media_type="application/json", headers={"cache-control": "no-store"})
-
-
-def _auth_header(request: Request) -> bytes | None:
-    header = request.headers.get("authorization")
-    return header.encode("latin-1") if header else None
-
-
-def _peer(request: Request) -> str | None:
-    return request.client.host if request.client is not None else None
-
-
-def _asset(name: str) -> bytes:
-    return resources.files("fleetgate.observability").joinpath("static", name).read_bytes()
-
-
-def dashboard_routes(
-    ts: TimeSeries,
-    replicas: ReplicaRegistry,
-    usage_today: UsageToday,
-    check_admin: AdminCheck,
-    check_tenant: TenantCheck,
-    *,
-    usage_ttl: float = 5.0,
-) -> list[BaseRoute]:
-    """`/dashboard`, its static assets and its two JSON endpoints."""
-    page = _asset("dashboard.html")
-    assets = {name: (_asset(name), media) for name, media in ASSETS.items()}  # read once: they never change
-    usage = _UsageCache(usage_today, usage_ttl)
-
-    async def dashboard(request: Request) -> Response:
-        return Response(page, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
-
-    async def asset(request: Request) -> Response:
-        found = assets.get(request.path_params["name"])
-        if found is None:
-            return error_response(NotFound(f"no dashboard asset {request.path_params['name']!r}"))
-        return Response(found[0], media_type=found[1], headers=SECURITY_HEADERS)
-
-    async def overview(request: Request) -> Response:
-        try:
-            await check_admin(_auth_header(request), client=_peer(request))
-        except ApiError as exc:
-            return error_response(exc, request.headers.get("x-request-id"))
-        report, error = await _usage(usage, None)
-        return _json(build_overview(ts, replicas, report, error))
-
-    async def tenant(request: Request) -> Response:
-        try:
-            principal = await check_tenant(_auth_header(request), client=_peer(request))
-        except ApiError as exc:
-            return error_response(exc, request.headers.get("x-request-id"))
-        # The tenant comes from the key, never from the query: one tenant cannot ask for another's page.
-        report, error = await _usage(usage, principal.tenant.id)
-        return _json(build_tenant_page(ts, principal.tenant, report, error))
-
-    return [
-        Route("/dashboard", dashboard, methods=["GET"]),
-        Route("/dashboard/static/{name}", asset, methods=["GET"]),
-        Route("/dashboard/api/overview", overview, methods=["GET"]),
-        Route("/dashboard/api/tenant", tenant, methods=["GET"]),
-    ]
-
-
-async def _usage(cache: _UsageCache, tenant_id: str | None) -> tuple[UsageReport | None, str | None]:
-    # The live view stays useful while the ledger is down: charts and fleet still show, usage says why it is not.
+async def usage_or_error(cache: UsageCache, tenant_id: str | None) -> tuple[UsageReport | None, str | None]:
+    """Today's usage, or why the ledger could not give it (the live view stays useful while the ledger is down)."""
     try:
         return await cache.get(tenant_id), None
     except ApiError as exc:

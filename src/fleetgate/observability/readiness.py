@@ -82,6 +82,54 @@ async def _select_one(engine: AsyncEngine) -> None:
         await conn.execute(text("SELECT 1"))
 
 
+class TenantStoreCheck:
+    """The tenant store: down is blocking only when no cached key can still authenticate."""
+
+    def __init__(self, store: TenantStore, cached_keys: Callable[[], int]) -> None:
+        self._probe = Probe(store.revision)
+        self._cached_keys = cached_keys
+
+    async def run(self) -> tuple[Check, str | None]:
+        """The check, and the probe's error (the ledger shares it when it lives in the same database)."""
+        error = await self._probe.run()
+        cached = self._cached_keys()
+        if error is None:
+            return Check(True, "answering", extra={"cached_keys": cached}), None
+        if cached:
+            detail = f"unreachable ({error}); {cached} cached keys keep working, new keys get 503"
+        else:
+            detail = f"unreachable ({error}) and no key is cached: every request gets 503"
+        return Check(False, detail, blocking=cached == 0, extra={"cached_keys": cached}), error
+
+
+class RedisCheck:
+    """The shared limiter's Redis behind its failover: blocking only under `fail_closed`."""
+
+    def __init__(self, limiter: FailoverLimiter) -> None:
+        self._limiter = limiter
+        ping = getattr(limiter.primary, "ping", None)
+        self._probe = Probe(ping) if ping is not None else None
+
+    async def run(self) -> Check:
+        """The check, with the failover's counters."""
+        limiter = self._limiter
+        error = await self._probe.run() if self._probe is not None else None
+        counts = {
+            "outages": limiter.outages,
+            "fallback_decisions": limiter.fallback_decisions,
+            "settle_failures": limiter.settle_failures,
+            "settles_pending": len(limiter.backlog),
+            "settles_dropped": limiter.backlog.dropped,
+        }
+        if error is None and not limiter.degraded:
+            return Check(True, "answering", extra=counts)
+        why = error or "the last limit decision could not reach it"
+        if limiter.policy == "fail_closed":
+            detail = f"unreachable ({why}); limits.on_redis_error=fail_closed: requests get 503"
+            return Check(False, detail, blocking=True, extra=counts)
+        return Check(False, f"unreachable ({why}); limits are decided per gateway process (fail_open)", extra=counts)
+
+
 class Readiness:
     """Collects the checks; built once per gateway, called by the /readyz route."""
 
@@ -96,26 +144,21 @@ class Readiness:
         limiter: Limiter,
     ) -> None:
         self._registry = registry
-        self._cached_keys = cached_keys
         self._flusher = flusher
         self._outbox = outbox
-        self._limiter = limiter
-        self._store_probe = Probe(store.revision)
+        self._tenant_store = TenantStoreCheck(store, cached_keys)
         separate = ledger_engine is not store.engine
         self._ledger_probe = Probe(lambda: _select_one(ledger_engine)) if separate else None
-        primary = limiter.primary if isinstance(limiter, FailoverLimiter) else None
-        ping = getattr(primary, "ping", None)
-        self._redis_probe = Probe(ping) if ping is not None else None
+        self._redis = RedisCheck(limiter) if isinstance(limiter, FailoverLimiter) else None
 
     async def report(self) -> tuple[bool, dict[str, Any]]:
         """(ready, the JSON body)."""
         checks: dict[str, Check] = {"engines": self._engines()}
-        store_error = await self._store_probe.run()
-        checks["tenant_store"] = self._tenant_store(store_error)
+        checks["tenant_store"], store_error = await self._tenant_store.run()
         checks["ledger"] = await self._ledger(store_error)
         checks.update(self._sinks())
-        if (redis := await self._redis()) is not None:
-            checks["redis"] = redis
+        if self._redis is not None:
+            checks["redis"] = await self._redis.run()
         checks["outbox"] = self._outbox_check()
         ready = not any(c.blocking and not c.ok for c in checks.values())
         status = "ready" if all(c.ok for c in checks.values()) else "degraded" if ready else "unready"
@@ -132,16 +175,6 @@ class Readiness:
         down = {r.id: r.last_error or "not checked yet" for r in replicas if not r.healthy}
         detail = f"{len(healthy)} of {len(replicas)} replicas healthy"
         return Check(bool(healthy), detail, blocking=True, extra={"healthy_replicas": healthy, "unhealthy": down})
-
-    def _tenant_store(self, error: str | None) -> Check:
-        cached = self._cached_keys()
-        if error is None:
-            return Check(True, "answering", extra={"cached_keys": cached})
-        if cached:
-            detail = f"unreachable ({error}); {cached} cached keys keep working, new keys get 503"
-        else:
-            detail = f"unreachable ({error}) and no key is cached: every request gets 503"
-        return Check(False, detail, blocking=cached == 0, extra={"cached_keys": cached})
 
     async def _ledger(self, store_error: str | None) -> Check:
         failing = self._failing("ledger")
@@ -167,26 +200,6 @@ class Readiness:
             if name == consumer and failing_for > 0:
                 return failing_for
         return None
-
-    async def _redis(self) -> Check | None:
-        limiter = self._limiter
-        if not isinstance(limiter, FailoverLimiter):
-            return None
-        error = await self._redis_probe.run() if self._redis_probe is not None else None
-        counts = {
-            "outages": limiter.outages,
-            "fallback_decisions": limiter.fallback_decisions,
-            "settle_failures": limiter.settle_failures,
-            "settles_pending": len(limiter.backlog),
-            "settles_dropped": limiter.backlog.dropped,
-        }
-        if error is None and not limiter.degraded:
-            return Check(True, "answering", extra=counts)
-        why = error or "the last limit decision could not reach it"
-        if limiter.policy == "fail_closed":
-            detail = f"unreachable ({why}); limits.on_redis_error=fail_closed: requests get 503"
-            return Check(False, detail, blocking=True, extra=counts)
-        return Check(False, f"unreachable ({why}); limits are decided per gateway process (fail_open)", extra=counts)
 
     def _outbox_check(self) -> Check:
         # `accepting`/`refusal_reason` come with the outbox's disk checks; an outbox without them always accepts.

@@ -6,8 +6,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import StrEnum
+
+from fleetgate.routing.params import param, parameters
 
 log = logging.getLogger(__name__)
 
@@ -20,21 +21,15 @@ class BreakerState(StrEnum):
     HALF_OPEN = "half_open"
 
 
-@dataclass(frozen=True, slots=True)
+@parameters
 class BreakerSettings:
-    """Thresholds of every replica's breaker."""
+    """Thresholds of every replica's breaker: `routing.params.breaker`."""
 
-    failures: int = 5  # this many failures ...
-    window: float = 10.0  # ... within this many seconds open the breaker
-    cooldown: float = 5.0  # seconds open before a probe may go through (half-open)
-    successes: int = 2  # consecutive probe successes that close it again
-    probe_timeout: float = 30.0  # a probe that never reports (lost task) frees its slot after this
-
-    def __post_init__(self) -> None:
-        if self.failures < 1 or self.successes < 1:
-            raise ValueError("breaker failures and successes must be >= 1")
-        if self.window <= 0 or self.cooldown < 0 or self.probe_timeout <= 0:
-            raise ValueError("breaker window and probe_timeout must be > 0, cooldown >= 0")
+    failures: int = param(5, ge=1)  # this many failures ...
+    window: float = param(10.0, gt=0)  # ... within this many seconds open the breaker
+    cooldown: float = param(5.0, ge=0)  # seconds open before a probe may go through (half-open)
+    successes: int = param(2, ge=1)  # consecutive probe successes that close it again
+    probe_timeout: float = param(30.0, gt=0)  # a probe that never reports (lost task) frees its slot after this
 
 
 class Breaker:

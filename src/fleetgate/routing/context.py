@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from fleetgate.fleet.metrics import ReplicaMetrics
 from fleetgate.fleet.replicas import Replica
@@ -12,12 +12,32 @@ from fleetgate.routing.ring import RingCache
 from fleetgate.routing.settings import RoutingSettings
 
 
-def replica_load(replica: Replica, metrics: ReplicaMetrics | None) -> float:
-    """Requests on a replica: the engine's running + waiting when fresh (it sees every gateway's traffic),
-    never less than this gateway's own in-flight count (which the last scrape may not show yet)."""
-    if metrics is None:
-        return replica.in_flight
-    return max(replica.in_flight, metrics.running + metrics.waiting)
+class RouterState:
+    """What every decision's context is drawn from: the router's settings, prefix index, session rings, clock and
+    random source, and the last candidate list's shape (usually the same replicas decision after decision)."""
+
+    def __init__(
+        self, settings: RoutingSettings, index: PrefixIndex, clock: Callable[[], float], rng: random.Random
+    ) -> None:
+        self.settings = settings
+        self.index = index
+        self.rings = RingCache(settings.vnodes)
+        self.clock = clock
+        self.rng = rng
+        # The candidates' id -> index map and member set, checked with one C-level tuple comparison instead of
+        # being rebuilt per decision.
+        self._fleet: tuple[Replica, ...] = ()
+        self._positions: dict[str, int] = {}
+        self._members: frozenset[str] = frozenset()
+
+    def context(self, candidates: list[Replica], hashes: Sequence[int]) -> RouteContext:
+        """The context of one decision over these (filtered) candidates and the prompt's block hashes."""
+        fleet = tuple(candidates)
+        if fleet != self._fleet:
+            self._fleet = fleet
+            self._positions = {r.id: i for i, r in enumerate(fleet)}
+            self._members = frozenset(self._positions)
+        return RouteContext(candidates, self, hashes, self._positions, self._members)
 
 
 class RouteContext:
@@ -38,29 +58,25 @@ class RouteContext:
         "now",
         "rings",
         "rng",
-        "settings",
+        "stale_after",
     )
 
     def __init__(
         self,
         candidates: Sequence[Replica],
-        now: float,
-        settings: RoutingSettings,
-        index: PrefixIndex,
-        rings: RingCache,
-        rng: random.Random,
+        state: RouterState,
         hashes: Sequence[int] = (),
         positions: dict[str, int] | None = None,
         members: frozenset[str] | None = None,
     ) -> None:
         self.candidates = candidates
-        self.now = now
-        self.settings = settings
-        self.index = index
-        self.rings = rings
-        self.rng = rng
+        self.now = state.clock()
+        self.stale_after = state.settings.stale_after
+        self.index = state.index
+        self.rings = state.rings
+        self.rng = state.rng
         self.hashes = hashes
-        self._positions = positions  # the pipeline passes these when the candidate list repeats (it usually does)
+        self._positions = positions  # RouterState passes these when the candidate list repeats (it usually does)
         self._members = members
         self._metrics: list[ReplicaMetrics | None] | None = None
         self._loads: list[float] | None = None
@@ -75,14 +91,15 @@ class RouteContext:
     def metrics(self) -> list[ReplicaMetrics | None]:
         """Each candidate's scrape if fresh, else None: stale numbers are not trusted."""
         if self._metrics is None:
-            oldest = self.now - self.settings.stale_after
+            oldest = self.now - self.stale_after
             self._metrics = [
                 m if (m := r.metrics) is not None and m.scraped_at >= oldest else None for r in self.candidates
             ]
         return self._metrics
 
     def loads(self) -> list[float]:
-        """Each candidate's load (see replica_load, inlined: this runs for every candidate of every decision)."""
+        """Each candidate's requests: the engine's running + waiting when fresh (it sees every gateway's traffic),
+        never less than this gateway's own in-flight count (which the last scrape may not show yet)."""
         if self._loads is None:
             self._loads = [
                 r.in_flight if m is None or r.in_flight >= (busy := m.running + m.waiting) else busy

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from time import perf_counter_ns
-from typing import TYPE_CHECKING
 
 from fleetgate.fleet.replicas import Replica
+from fleetgate.routing.base import PREFIX_INDEX, Filter, Policy
 from fleetgate.routing.breaker import BreakerRegistry
-from fleetgate.routing.context import RouteContext
-from fleetgate.routing.prefix_index import PrefixIndex
-from fleetgate.routing.ring import RingCache
+from fleetgate.routing.context import RouterState
 from fleetgate.routing.router import RouteDecision, RouteRequest
-from fleetgate.routing.settings import RoutingSettings
 from fleetgate.routing.stats import RouterStats
-
-if TYPE_CHECKING:
-    from fleetgate.routing.plugins import Filter, Policy
 
 
 class RoutingPipeline:
@@ -31,43 +23,24 @@ class RoutingPipeline:
         self,
         policy: Policy,
         filters: Sequence[Filter],
-        settings: RoutingSettings,
-        *,
+        state: RouterState,
         breakers: BreakerRegistry,
-        index: PrefixIndex,
         stats: RouterStats | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        rng: random.Random | None = None,
     ) -> None:
         self.name = policy.name
         self.policy = policy
         self.filters = list(filters)
-        self.settings = settings
+        self.state = state
+        self.index = state.index  # the proxy may also record a turn's prompt + reply; benchmarks fill it
         self.breakers = breakers
-        self.index = index
         self.stats = stats or RouterStats()
-        self.rings = RingCache(settings.vnodes)
-        self._clock = clock
-        self._rng = rng or random.Random(settings.seed)  # load spreading, not secrets
+        self._uses_prefix = PREFIX_INDEX in policy.inputs
         self._last: tuple[RouteRequest | None, list[int]] = (None, [])
-        # The candidate list is usually the same replicas decision after decision: keep its id -> index map and
-        # member set, checked with one C-level tuple comparison instead of rebuilt per decision.
-        self._fleet: tuple[Replica, ...] = ()
-        self._fleet_positions: dict[str, int] = {}
-        self._fleet_members: frozenset[str] = frozenset()
         self._filter_names = [f"filter:{f.name}" for f in self.filters]
         self._policy_name = f"policy:{policy.name}"
 
-    def _shape(self, current: list[Replica]) -> tuple[dict[str, int], frozenset[str]]:
-        fleet = tuple(current)
-        if fleet != self._fleet:
-            self._fleet = fleet
-            self._fleet_positions = {r.id: i for i, r in enumerate(fleet)}
-            self._fleet_members = frozenset(self._fleet_positions)
-        return self._fleet_positions, self._fleet_members
-
     def _hashes(self, request: RouteRequest) -> list[int]:
-        if not self.policy.uses_prefix or not request.prompt_text:
+        if not self._uses_prefix or not request.prompt_text:
             return []
         last, hashes = self._last
         if last is not request:  # a retry re-routes the same request object: hash its prompt once
@@ -93,10 +66,7 @@ class RoutingPipeline:
                 skipped.append(f.name)
                 stats.fallback(f.name)
         hashes = self._hashes(request)
-        positions, members = self._shape(current)
-        ctx = RouteContext(
-            current, self._clock(), self.settings, self.index, self.rings, self._rng, hashes, positions, members
-        )
+        ctx = self.state.context(current, hashes)
         t0 = perf_counter_ns()
         index, reason = self.policy.choose(request, current, ctx)
         stats.time(self._policy_name, perf_counter_ns() - t0)

@@ -1,89 +1,53 @@
-"""Plugin Protocols and the name -> factory registries, so config chooses policies and weights by name."""
+"""The shipped plugins, registered by name, and `make_router`, which builds a router from config by those names.
+
+Adding a scorer: its class in its own module under routing/scorers/ (see routing/base.Scorer), one
+`SCORERS.register(...)` line below, one test file. Its parameters, default weight and inputs travel with it.
+"""
 
 from __future__ import annotations
 
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from fleetgate.domain.errors import ConfigError
-from fleetgate.fleet.replicas import Replica
+from fleetgate.routing.base import Filter, Policy
 from fleetgate.routing.breaker import BreakerRegistry
-from fleetgate.routing.context import RouteContext
+from fleetgate.routing.context import RouterState
 from fleetgate.routing.filters import AdapterAvailable, BreakerClosed, Healthy, ServesModel
 from fleetgate.routing.pipeline import RoutingPipeline
 from fleetgate.routing.policies import LeastLoadPolicy, ScorePolicy, SessionPolicy
 from fleetgate.routing.prefix_index import PrefixIndex
+from fleetgate.routing.registry import ScorerRegistry
 from fleetgate.routing.round_robin import RoundRobinRouter
-from fleetgate.routing.router import RouteRequest
-from fleetgate.routing.scorers import (
-    AdapterScorer,
-    InFlightScorer,
-    KvScorer,
-    PrefixScorer,
-    QueueScorer,
-    Scores,
-    SessionScorer,
-    TokensScorer,
-)
-from fleetgate.routing.settings import RoutingSettings
+from fleetgate.routing.scorers.adapter import AdapterScorer
+from fleetgate.routing.scorers.in_flight import InFlightScorer
+from fleetgate.routing.scorers.kv import KvScorer
+from fleetgate.routing.scorers.prefix import PrefixScorer
+from fleetgate.routing.scorers.queue import QueueScorer
+from fleetgate.routing.scorers.session import SessionScorer
+from fleetgate.routing.scorers.tokens import TokensScorer
+from fleetgate.routing.settings import RoutingParams
 from fleetgate.routing.stats import RouterStats
 
+# Registration order is summing and explaining order in the `score` policy: add new scorers at the end.
+SCORERS = ScorerRegistry()
+SCORERS.register(PrefixScorer)
+SCORERS.register(SessionScorer)
+SCORERS.register(AdapterScorer)
+SCORERS.register(QueueScorer)
+SCORERS.register(InFlightScorer)
+SCORERS.register(KvScorer)
+SCORERS.register(TokensScorer)
 
-class Filter(Protocol):
-    """Drops candidates that cannot take the request."""
-
-    name: str
-
-    def keep(self, request: RouteRequest, candidates: list[Replica]) -> list[Replica]:
-        """The candidates that may take the request (may be empty; the pipeline then skips this filter)."""
-        ...
-
-
-class Scorer(Protocol):
-    """Rates every candidate in [0, 1]; higher is better."""
-
-    name: str
-
-    def score(self, request: RouteRequest, candidates: Sequence[Replica], ctx: RouteContext) -> Scores:
-        """One value per candidate in order, or {index: value} with the rest 0, or None: all equal."""
-        ...
-
-
-class Policy(Protocol):
-    """Chooses one of the filtered candidates."""
-
-    name: str
-    uses_prefix: bool  # the pipeline hashes the prompt and records it only for policies that read the index
-
-    def choose(self, request: RouteRequest, candidates: Sequence[Replica], ctx: RouteContext) -> tuple[int, str]:
-        """Index into candidates (never empty) and a short reason."""
-        ...
-
-
-SCORERS: dict[str, Callable[[RoutingSettings], Scorer]] = {
-    "prefix": lambda s: PrefixScorer(),
-    "session": lambda s: SessionScorer(),
-    "adapter": lambda s: AdapterScorer(),
-    "queue": lambda s: QueueScorer(s.queue_scale),
-    "in_flight": lambda s: InFlightScorer(s.in_flight_scale),
-    "tokens": lambda s: TokensScorer(s.tokens_scale),
-    "kv": lambda s: KvScorer(),
-}
-
-
-def _weighted(settings: RoutingSettings, weights: Mapping[str, float]) -> list[tuple[Scorer, float]]:
-    return [(SCORERS[name](settings), w) for name, w in weights.items() if w > 0]
-
-
-POLICIES: dict[str, Callable[[RoutingSettings, RouterStats], Policy]] = {
-    "round_robin": lambda s, st: RoundRobinRouter(),
-    "least_load": lambda s, st: LeastLoadPolicy(),
-    "session": lambda s, st: SessionPolicy(),
-    "prefix": lambda s, st: ScorePolicy("prefix", _weighted(s, {"prefix": 1.0}), s, st),
-    "lora": lambda s, st: ScorePolicy("lora", _weighted(s, {"adapter": 1.0}), s, st),
-    "score": lambda s, st: ScorePolicy("score", _weighted(s, s.weights), s, st),
+POLICIES: dict[str, Callable[[RoutingParams, RouterStats], Policy]] = {
+    "round_robin": lambda p, st: RoundRobinRouter(),
+    "least_load": lambda p, st: LeastLoadPolicy(),
+    "session": lambda p, st: SessionPolicy(),
+    "prefix": lambda p, st: ScorePolicy("prefix", SCORERS.weighted(p, {PrefixScorer.name: 1.0}), p.settings, st),
+    "lora": lambda p, st: ScorePolicy("lora", SCORERS.weighted(p, {AdapterScorer.name: 1.0}), p.settings, st),
+    "score": lambda p, st: ScorePolicy("score", SCORERS.weighted(p, p.weights), p.settings, st),
 }
 
 
@@ -100,21 +64,15 @@ def make_router(
     rng: random.Random | None = None,
     extra_filters: Sequence[Filter] = (),
 ) -> RoutingPipeline:
-    """Build the routing policy registered under `name`, with its parameters (see RoutingSettings)."""
+    """Build the policy registered under `name` with `routing.params` (see routing/settings.py); ConfigError
+    naming the bad key (`routing.params.queue.scale`) when they do not check out."""
     factory = POLICIES.get(name)
     if factory is None:
         raise ConfigError(f"routing.policy: unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}")
-    settings = RoutingSettings.from_params(params, where="routing.params")
+    checked = RoutingParams.parse(params, SCORERS.sections(), SCORERS.default_weights(), where="routing.params")
     stats = RouterStats()
-    breakers = BreakerRegistry(settings.breaker, clock)
-    index = PrefixIndex(settings.prefix, clock)
-    return RoutingPipeline(
-        factory(settings, stats),
-        [*default_filters(breakers), *extra_filters],
-        settings,
-        breakers=breakers,
-        index=index,
-        stats=stats,
-        clock=clock,
-        rng=rng,
-    )
+    breakers = BreakerRegistry(checked.breaker, clock)
+    index = PrefixIndex(checked.prefix.settings(), clock)
+    state = RouterState(checked.settings, index, clock, rng or random.Random(checked.settings.seed))
+    filters = [*default_filters(breakers), *extra_filters]
+    return RoutingPipeline(factory(checked, stats), filters, state, breakers, stats)

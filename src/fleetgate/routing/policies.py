@@ -4,25 +4,40 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from time import perf_counter_ns
-from typing import TYPE_CHECKING
 
 from fleetgate.fleet.replicas import Replica
+from fleetgate.routing.base import LOADS, SESSION_RING, Scorer
 from fleetgate.routing.context import RouteContext
 from fleetgate.routing.pickers import EPSILON, best_index, least_loaded
 from fleetgate.routing.router import RouteRequest
 from fleetgate.routing.settings import RoutingSettings
 from fleetgate.routing.stats import RouterStats
 
-if TYPE_CHECKING:
-    from fleetgate.routing.plugins import Scorer
-
 IMBALANCE = "imbalance->least_load"
 
 
 class ScorePolicy:
-    """Weighted sum of scorers; ties broken by load then at random; an overloaded winner yields to least load."""
+    """Weighted sum of scorers; ties broken by load then at random; an overloaded winner yields to least load.
 
-    uses_prefix = True
+    Three policies are this class: `score` sums every registered scorer with a weight above 0 (each scorer's
+    default, over which `routing.params.weights` is laid); `prefix` is the prefix scorer alone and `lora` the
+    adapter scorer alone (weight 1). Locality must never pile traffic on one replica: when the winner carries more
+    than `imbalance_abs` requests over the least loaded candidate and more than `imbalance_rel` times its load,
+    the least loaded candidate wins instead (reason `imbalance->least_load`).
+
+    Inputs: loads, and its scorers' inputs
+    Parameters: the router's imbalance_abs, imbalance_rel (top level of routing.params)
+
+    Example:
+        ```yaml
+        routing:
+          policy: score
+          params:
+            imbalance_abs: 4
+            imbalance_rel: 1.5
+            weights: {prefix: 3, session: 1, adapter: 2, queue: 1, in_flight: 1, kv: 1, tokens: 0}
+        ```
+    """
 
     def __init__(
         self,
@@ -37,7 +52,8 @@ class ScorePolicy:
         self._settings = settings
         self._stats = stats
         self._imbalance = imbalance
-        self.uses_prefix = any(s.name == "prefix" for s, _, _ in self._scorers)
+        read = [LOADS, *(i for s, _, _ in self._scorers for i in s.inputs)]
+        self.inputs: tuple[str, ...] = tuple(dict.fromkeys(read))  # in order, once each
 
     def choose(self, request: RouteRequest, candidates: Sequence[Replica], ctx: RouteContext) -> tuple[int, str]:
         """Index of the chosen candidate and the reason (`prefix:0.83`, `tie->random`, `imbalance->least_load`)."""
@@ -95,10 +111,23 @@ def _explain(index: int, n: int, parts: Sequence[tuple[str, float, Sequence[floa
 
 
 class LeastLoadPolicy:
-    """The candidate with the fewest requests (engine running + waiting when fresh, else our own in-flight)."""
+    """The candidate with the fewest requests (engine running + waiting when fresh, else our own in-flight).
+
+    Equal loads are chosen among at random, never always the first.
+
+    Inputs: loads
+    Parameters: none (the router's stale_after decides when a scrape is too old to count)
+
+    Example:
+        ```yaml
+        routing:
+          policy: least_load
+          params: {stale_after: 5.0}
+        ```
+    """
 
     name = "least_load"
-    uses_prefix = False
+    inputs: tuple[str, ...] = (LOADS,)
 
     def choose(self, request: RouteRequest, candidates: Sequence[Replica], ctx: RouteContext) -> tuple[int, str]:
         """Least loaded, equal loads at random."""
@@ -108,10 +137,21 @@ class LeastLoadPolicy:
 
 
 class SessionPolicy:
-    """Consistent hashing on the session key; requests without one go to the least loaded replica."""
+    """Consistent hashing on the session key; requests without one go to the least loaded replica.
+
+    Inputs: request.session, session_ring, loads
+    Parameters: none (the ring's points per replica are the router's vnodes)
+
+    Example:
+        ```yaml
+        routing:
+          policy: session
+          params: {vnodes: 100}
+        ```
+    """
 
     name = "session"
-    uses_prefix = False
+    inputs: tuple[str, ...] = ("request.session", SESSION_RING, LOADS)
 
     def choose(self, request: RouteRequest, candidates: Sequence[Replica], ctx: RouteContext) -> tuple[int, str]:
         """The session's owner on the ring of the current candidates."""

@@ -23,6 +23,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
+from fleetgate.routing.params import param, parameters
+
 # Accounted bytes, conservative against tracemalloc (bench/router_micro.py and tests/routing check them): an
 # OrderedDict slot with its node and int key plus a one-entry holder dict and its float is <= 360 B at any fill;
 # each further holder adds a float and, past five, a bigger dict.
@@ -46,6 +48,24 @@ class PrefixSettings:
             raise ValueError("prefix block_chars and max_blocks must be >= 1")
         if self.budget_bytes < BLOCK_BYTES + HOLDER_BYTES or self.ttl <= 0:
             raise ValueError("prefix budget must hold at least one block and ttl must be > 0")
+
+
+@parameters
+class PrefixParams:
+    """The index as configured under `routing.params.prefix` (the budget in MiB)."""
+
+    block_chars: int = param(128, ge=1)  # characters per block (why 128: see the module docstring)
+    budget_mb: float = param(64.0, gt=0)  # memory the whole index may take, every tenant and replica together
+    ttl: float = param(600.0, gt=0)  # seconds after which a block stops counting (the engine has likely evicted it)
+    max_blocks: int = param(512, ge=1)  # blocks hashed per prompt: bounds a decision's cost
+
+    def __post_init__(self) -> None:
+        self.settings()  # the budget must hold one block
+
+    def settings(self) -> PrefixSettings:
+        """The index's settings."""
+        budget = int(self.budget_mb * 1024 * 1024)
+        return PrefixSettings(self.block_chars, budget, self.ttl, self.max_blocks)
 
 
 class PrefixIndex:

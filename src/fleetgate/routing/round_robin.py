@@ -10,10 +10,20 @@ from fleetgate.routing.router import RouteDecision, RouteRequest
 
 
 class RoundRobinRouter:
-    """Cycles through the candidates per model, so retries and unhealthy replicas don't skew the spread."""
+    """Cycles through the candidates per model, so retries and unhealthy replicas don't skew the spread.
+
+    Inputs: request.model
+    Parameters: none
+
+    Example:
+        ```yaml
+        routing:
+          policy: round_robin
+        ```
+    """
 
     name = "round_robin"
-    uses_prefix = False
+    inputs: tuple[str, ...] = ("request.model",)
 
     def __init__(self) -> None:
         self._next: dict[str, int] = {}

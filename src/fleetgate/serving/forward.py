@@ -91,7 +91,7 @@ class Forwarder:
                 self.begin(outcome, decision.replica, job.payload)
                 outcome.begun = True
             try:
-                await self._attempt(decision, body, outcome, send, client_wants_usage, lora)
+                await self._attempt(decision, body, outcome, send, client_wants_usage)
                 return
             except ApiError as exc:
                 last_error = exc
@@ -141,28 +141,17 @@ class Forwarder:
         return self.router.pick(request, candidates)
 
     async def _attempt(
-        self,
-        decision: RouteDecision,
-        body: bytes,
-        outcome: RequestOutcome,
-        send: ASGISend,
-        client_wants_usage: bool,
-        lora: Adapter | None,
+        self, decision: RouteDecision, body: bytes, outcome: RequestOutcome, send: ASGISend, client_wants_usage: bool
     ) -> None:
-        pool = self.adapters
+        lora, pool = outcome.lora, self.adapters
         # An adapter in use on a replica is never unloaded there, from before its load until the last byte.
         with _NO_ADAPTER if lora is None or pool is None else pool.using(decision.replica, lora.name):
-            await self._exchange(decision, body, outcome, send, client_wants_usage, lora)
+            await self._exchange(decision, body, outcome, send, client_wants_usage)
 
     async def _exchange(
-        self,
-        decision: RouteDecision,
-        body: bytes,
-        outcome: RequestOutcome,
-        send: ASGISend,
-        client_wants_usage: bool,
-        lora: Adapter | None,
+        self, decision: RouteDecision, body: bytes, outcome: RequestOutcome, send: ASGISend, client_wants_usage: bool
     ) -> None:
+        lora = outcome.lora
         replica = decision.replica
         replica.in_flight += 1
         verdict: bool | None = False  # for the breaker: False replica failure, True fine, None no verdict

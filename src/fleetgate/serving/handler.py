@@ -20,13 +20,14 @@ from typing import Any
 from fleetgate.config import GatewayConfig
 from fleetgate.domain.errors import ApiError, UpstreamError, UpstreamTimeout
 from fleetgate.domain.ids import request_id
+from fleetgate.domain.usage import NO_USAGE
 from fleetgate.http.asgi import ASGIReceive, ASGISend, ClientGone, send_error
 from fleetgate.serving.admit import Admitter, Ticket
 from fleetgate.serving.ending import Ending
 from fleetgate.serving.forward import Forwarder, Job
 from fleetgate.serving.outcome import Endpoint, RequestOutcome
 from fleetgate.serving.record import Recorder
-from fleetgate.serving.relay import NOTHING_SERVED, Disconnected, end_stream_with_error
+from fleetgate.serving.relay import Disconnected, end_stream_with_error
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class CompletionHandler:
         if not outcome.begun:
             status = "rejected"
         elif not outcome.response_started:
-            outcome.usage = NOTHING_SERVED  # every replica failed it before a byte came back: not the tenant's doing
+            outcome.usage = NO_USAGE  # every replica failed it before a byte came back: not the tenant's doing
         outcome.fail(status, err.status)  # type: ignore[arg-type]
         self.recorder.refused(outcome, err.reason)
         await self._answer(outcome, send, err)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
+from fleetgate.domain.usage import Usage
 from fleetgate.fleet.replicas import Replica
 from fleetgate.lora.catalog import Adapter
 from fleetgate.metering.capture import Measured
@@ -35,7 +36,7 @@ class RequestOutcome:
     route: str = "-"
     status: EventStatus = "ok"
     http_status: int = 200
-    usage: dict[str, Any] | None = None
+    usage: Usage | None = None  # the engine's counts, read once where its usage block arrived
     attempts: int = 0
     started_at: float = field(default_factory=time.time)
     first_byte_at: float | None = None

@@ -4,16 +4,14 @@ metrics — whatever way it ended (served, refused, failed, abandoned, or a gate
 from __future__ import annotations
 
 import time
-from typing import Any
 
+from fleetgate.domain.usage import NO_USAGE, Usage
 from fleetgate.iolog.log import IOLog
 from fleetgate.metering.capture import UsageCapture
 from fleetgate.metering.events import UNBILLED_STATUSES
 from fleetgate.observability.metrics import GatewayMetrics
 from fleetgate.serving.outcome import RequestOutcome
 from fleetgate.tenancy.gate import Admission, TenantGate
-
-_NOTHING_USED: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}
 
 
 class Recorder:
@@ -54,10 +52,10 @@ class Recorder:
             self.metrics.observe(outcome, outcome.route, time.time())
 
     @staticmethod
-    def _billed_usage(outcome: RequestOutcome) -> dict[str, Any] | None:
+    def _billed_usage(outcome: RequestOutcome) -> Usage | None:
         # Nothing reached an engine, or the gateway failed the request: the tenant is charged nothing.
         if not outcome.begun or outcome.status in UNBILLED_STATUSES:
-            return _NOTHING_USED
+            return NO_USAGE
         return outcome.usage  # None: settle counts what was relayed (engine usage never came)
 
     def refused(self, outcome: RequestOutcome, reason: str | None) -> None:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 import orjson
 
 from fleetgate.domain.errors import UpstreamError
+from fleetgate.domain.usage import NO_USAGE, usage_of
+from fleetgate.engines.registry import adapter_for
 from fleetgate.fleet.upstream import UpstreamIOError, UpstreamResponse
 from fleetgate.http.asgi import ASGISend, send_json_bytes
 from fleetgate.metering.sse import EventTooLarge, SSERelay
@@ -25,7 +27,6 @@ SSE_HEADERS = [
 MAX_RESPONSE_BYTES = 64 << 20
 
 # The usage of a request that got no answer: nothing is billed for it.
-NOTHING_SERVED: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
 # Called once the request's usage is known and before the client gets its last byte, so that a request the
 # client saw complete is always in the outbox.
@@ -53,13 +54,13 @@ async def relay_whole(
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError:
             parsed = None
-        if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
-            outcome.usage = parsed["usage"]
+        if isinstance(parsed, dict):
+            outcome.usage = usage_of(parsed.get("usage"))
     else:
         status, data = client_error(status, data, _rid(outcome))
         content_type = b"application/json"
         outcome.status = "engine_error" if status >= 500 else "rejected"
-        outcome.usage = NOTHING_SERVED  # the engine refused the request: it generated nothing to bill
+        outcome.usage = NO_USAGE  # the engine refused the request: it generated nothing to bill
     outcome.http_status = status
     if outcome.response_parts is not None:
         outcome.response_parts.append(data)
@@ -99,7 +100,8 @@ async def relay_stream(
     on_complete: OnComplete,
 ) -> None:
     """Pass the SSE stream through event by event; end with an error event if the engine breaks off."""
-    relay = SSERelay(drop_usage_event=not client_wants_usage)
+    kind = outcome.replica.kind if outcome.replica is not None else "openai"
+    relay = SSERelay(drop_usage_event=not client_wants_usage, running_counts=adapter_for(kind).running_counts)
     try:
         await _pump(resp, outcome, send, headers, relay, on_complete)
     finally:
@@ -167,7 +169,7 @@ async def _start(send: ASGISend, outcome: RequestOutcome, headers: list[tuple[by
 
 def _take(outcome: RequestOutcome, relay: SSERelay) -> None:
     # A stream cut before its usage block still bills the engine's own running counts where it sends them.
-    outcome.usage = relay.usage if relay.usage is not None else relay.engine_counts()
+    outcome.usage = usage_of(relay.usage if relay.usage is not None else relay.engine_counts())
     outcome.events, outcome.content_events = relay.events, relay.content_events
 
 

@@ -66,6 +66,11 @@ class Profile(BaseModel):
         data.update({k: v for k, v in changes.items() if v is not None})
         return _validate(data, f"profile {self.name!r} with overrides")
 
+    def with_faults(self, **changes: Any) -> Profile:
+        """A copy with the given fault settings replaced (None values are ignored), the others kept."""
+        faults = {**self.faults.model_dump(), **{k: v for k, v in changes.items() if v is not None}}
+        return self.with_overrides(faults=faults)
+
 
 def shipped_profiles() -> list[str]:
     """Names of the profiles shipped in the package."""

@@ -17,6 +17,7 @@ from fleetgate.billing.price_books import PriceBooks
 from fleetgate.billing.prices import MICROS_PER_UNIT, ModelRate, micros
 from fleetgate.config import PricesConfig
 from fleetgate.domain.errors import RateLimited
+from fleetgate.domain.usage import Usage
 from fleetgate.tenancy.auth import Principal, TenantAuthenticator
 from fleetgate.tenancy.limits.base import Denial, Limiter, Reservation
 from fleetgate.tenancy.policy import PolicyDecision, apply_policy, check_model
@@ -115,7 +116,7 @@ class TenantGate:
             f" (spent {denial.current / MICROS_PER_UNIT:.4f} {currency}); it renews at the start of next month"
         )
 
-    async def settle(self, admission: Admission, usage: dict[str, Any] | None, partial_completion: int) -> None:
+    async def settle(self, admission: Admission, usage: Usage | None, partial_completion: int) -> None:
         """Correct the reservation to what the engine really used and free the concurrency slot, exactly once.
 
         A limiter whose settle never suspends runs inline; any other runs in its own shielded task, so that a
@@ -125,10 +126,7 @@ class TenantGate:
             return
         admission.settled = True
         if usage is not None:
-            prompt = int(usage.get("prompt_tokens") or 0)
-            completion = int(usage.get("completion_tokens") or 0)
-            details = usage.get("prompt_tokens_details") or {}
-            cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+            prompt, cached, completion = usage
         else:
             prompt, cached, completion = admission.decision.est_input_tokens, 0, partial_completion
         rate = admission.rate

@@ -117,6 +117,10 @@ class TenantStore:
             raise NotFound(f"no tenant with external id {external_id!r}")
         return tenant
 
+    async def external_ids(self) -> dict[str, str]:
+        """Tenant id -> external id for every tenant, deleted ones too (rating names overrides and reports by it)."""
+        return {t.id: t.external_id for t in await self.list_tenants(include_deleted=True)}
+
     async def list_tenants(self, include_deleted: bool = False) -> list[Tenant]:
         """Every tenant, by external id."""
         query = select(tenants).order_by(tenants.c.external_id)

@@ -2,7 +2,7 @@
 
 from fleetgate.fleet.discovery.base import Discovery, DiscoveryError, DiscoveryLoop, ReplicaSpec, sync_registry
 from fleetgate.fleet.discovery.kubernetes import KubernetesDiscovery
-from fleetgate.fleet.discovery.static import StaticDiscovery
+from fleetgate.fleet.discovery.static import StaticDiscovery, endpoint_spec
 
 __all__ = [
     "Discovery",
@@ -11,5 +11,6 @@ __all__ = [
     "KubernetesDiscovery",
     "ReplicaSpec",
     "StaticDiscovery",
+    "endpoint_spec",
     "sync_registry",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -10,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from fleetgate.domain.background import Background
+from fleetgate.domain.background import Periodic
 from fleetgate.domain.engine_kind import EngineKind
 from fleetgate.domain.errors import FleetError
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
@@ -36,6 +35,20 @@ class ReplicaSpec:
     api_key: str | None = field(default=None, repr=False)  # sent as `Authorization: Bearer` on every call
     ca_file: Path | None = None
 
+    def replica(self) -> Replica:
+        """A new registry entry for this replica (unhealthy until the health checker proves it)."""
+        return Replica(
+            id=self.id,
+            url=self.url,
+            kind=self.kind,
+            models=set(self.models),
+            gpu_type=self.gpu_type,
+            adapters=set(self.adapters),
+            labels=dict(self.labels),
+            api_key=self.api_key,
+            ca_file=self.ca_file,
+        )
+
 
 class Discovery(Protocol):
     """A source of replicas."""
@@ -57,19 +70,7 @@ def sync_registry(registry: ReplicaRegistry, specs: Iterable[ReplicaSpec], owned
         seen.add(spec.id)
         replica = registry.get(spec.id)
         if replica is None:
-            registry.add(
-                Replica(
-                    id=spec.id,
-                    url=spec.url,
-                    kind=spec.kind,
-                    models=set(spec.models),
-                    gpu_type=spec.gpu_type,
-                    adapters=set(spec.adapters),
-                    labels=dict(spec.labels),
-                    api_key=spec.api_key,
-                    ca_file=spec.ca_file,
-                )
-            )
+            registry.add(spec.replica())
             owned.add(spec.id)
             added += 1
             continue
@@ -89,7 +90,7 @@ def sync_registry(registry: ReplicaRegistry, specs: Iterable[ReplicaSpec], owned
     return added, len(gone)
 
 
-class DiscoveryLoop:
+class DiscoveryLoop(Periodic):
     """Polls a discovery source every `interval` seconds and applies it to the registry."""
 
     def __init__(
@@ -99,13 +100,12 @@ class DiscoveryLoop:
         interval: float = 10.0,
         on_removed: Callable[[str], None] | None = None,
     ) -> None:
+        super().__init__("fleetgate-discovery", self.refresh, interval)
         self._discovery = discovery
         self._registry = registry
-        self._interval = interval
         self._on_removed = on_removed  # e.g. the router's breakers.forget
         self.owned: set[str] = set()
         self.failures = 0
-        self._background = Background("fleetgate-discovery")
 
     async def refresh(self) -> bool:
         """Apply the source once; on failure keep the current replicas (an API blip must not empty the fleet)."""
@@ -123,16 +123,3 @@ class DiscoveryLoop:
         if added or removed:
             log.info("discovery: +%d -%d replicas (%d now)", added, removed, len(self.owned))
         return True
-
-    def start(self) -> None:
-        """Run the periodic loop in the background."""
-        self._background.start(self._loop)
-
-    async def stop(self) -> None:
-        """Stop the periodic loop."""
-        await self._background.stop()
-
-    async def _loop(self) -> None:
-        while True:
-            await self.refresh()
-            await asyncio.sleep(self._interval)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -60,9 +61,27 @@ local function period_of(now)
 end
 """
 
+# Every script's clock and number format: the server's TIME, and floats that survive the trip as text.
+_LUA_COMMON = """
+local function fmt(x) return string.format('%.17g', x) end
+local function server_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+-- A concurrency zset lives as long as its longest lease (scores are lease ends).
+local function expire_with_leases(key, now)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if last[2] ~= nil then redis.call('EXPIRE', key, math.ceil(tonumber(last[2]) - now) + 1) end
+end
+local function add_spend(key, delta, ttl)
+  local spend = redis.call('INCRBY', key, delta)
+  redis.call('EXPIRE', key, ttl)
+  return spend
+end
+"""
+
 # Buckets are hashes {level, ts}; a missing key is a full bucket, so each expires once it would be full again.
 _LUA_BUCKETS = """
-local function fmt(x) return string.format('%.17g', x) end
 local function bucket_level(key, cap, now)
   local v = redis.call('HMGET', key, 'level', 'ts')
   local level, ts = tonumber(v[1]), tonumber(v[2])
@@ -80,11 +99,11 @@ end
 # KEYS: rpm, tpm, concurrency zset. ARGV: rpm, tpm, max_conc, budget (-1 = off), tokens, cost, request_id,
 # lease seconds, spend key prefix (same hash tag), spend ttl, never-fits retry, concurrency retry.
 _RESERVE = (
-    _LUA_CALENDAR
+    _LUA_COMMON
+    + _LUA_CALENDAR
     + _LUA_BUCKETS
     + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = server_now()
 local rpm, tpm, conc, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local tokens, cost, lease = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[8])
 local never, conc_retry = tonumber(ARGV[11]), tonumber(ARGV[12])
@@ -114,8 +133,7 @@ end
 if rpm >= 0 then bucket_store(KEYS[1], rpm, rpm_level - 1, now) end
 if tpm >= 0 then bucket_store(KEYS[2], tpm, tpm_level - tokens, now) end
 redis.call('ZADD', KEYS[3], fmt(now + lease), ARGV[7])
-local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
-redis.call('EXPIRE', KEYS[3], math.ceil(tonumber(last[2]) - now) + 1)
+expire_with_leases(KEYS[3], now)
 if cost ~= 0 then spend = redis.call('INCRBY', spend_key, ARGV[6]) end
 redis.call('EXPIRE', spend_key, tonumber(ARGV[10]))
 return {1, period, spend}
@@ -126,10 +144,10 @@ return {1, period, spend}
 # cost delta, request_id, spend ttl. Corrects only when it ends the lease (see the module docstring); returns the
 # period's spend.
 _SETTLE = (
-    _LUA_BUCKETS
+    _LUA_COMMON
+    + _LUA_BUCKETS
     + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = server_now()
 local tpm, dtok, dcost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 if redis.call('ZREM', KEYS[2], ARGV[4]) == 0 then
   return tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -137,43 +155,35 @@ end
 if tpm >= 0 and dtok ~= 0 then
   bucket_store(KEYS[1], tpm, math.min(tpm, bucket_level(KEYS[1], tpm, now) - dtok), now)
 end
-if dcost ~= 0 then
-  local spend = redis.call('INCRBY', KEYS[3], ARGV[3])
-  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
-  return spend
-end
+if dcost ~= 0 then return add_spend(KEYS[3], ARGV[3], tonumber(ARGV[5])) end
 return tonumber(redis.call('GET', KEYS[3]) or '0')
 """
 )
 
 # KEYS: concurrency zset. ARGV: lease seconds, request ids. Renews the leases still held (XX: an expired one is
 # not brought back); the key lives as long as its longest lease.
-_RENEW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local until_ = now + tonumber(ARGV[1])
-local score = string.format('%.17g', until_)
+_RENEW = (
+    _LUA_COMMON
+    + """
+local now = server_now()
+local score = fmt(now + tonumber(ARGV[1]))
 local renewed = 0
 for i = 2, #ARGV do renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', score, ARGV[i]) end
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if last[2] ~= nil then redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(last[2]) - now) + 1) end
+expire_with_leases(KEYS[1], now)
 return renewed
 """
+)
 
 # KEYS: spend key. ARGV: delta, ttl. Spend a fallback decided while Redis was unreachable; returns the new total.
-_ADD_SPEND = """
-local spend = redis.call('INCRBY', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-return spend
-"""
+_ADD_SPEND = _LUA_COMMON + "return add_spend(KEYS[1], ARGV[1], tonumber(ARGV[2]))"
 
 # KEYS: rpm, tpm, concurrency zset. ARGV: rpm, tpm (-1 = off), spend key prefix.
 _COUNTERS = (
-    _LUA_CALENDAR
+    _LUA_COMMON
+    + _LUA_CALENDAR
     + _LUA_BUCKETS
     + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = server_now()
 local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
 local period = period_of(now)
 local r, k = '', ''
@@ -183,6 +193,23 @@ local in_flight = redis.call('ZCOUNT', KEYS[3], '(' .. fmt(now), '+inf')
 return {r, k, in_flight, redis.call('GET', ARGV[3] .. period) or '0', period}
 """
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Scripts:
+    """The limiter's scripts, registered on its client (sent once, then run by their SHA)."""
+
+    reserve: AsyncScript
+    settle: AsyncScript
+    counters: AsyncScript
+    renew: AsyncScript
+    add_spend: AsyncScript
+
+    @classmethod
+    def register(cls, client: aioredis.Redis) -> _Scripts:
+        """Register every script on `client`."""
+        scripts = (_RESERVE, _SETTLE, _COUNTERS, _RENEW, _ADD_SPEND)
+        return cls(*(client.register_script(script) for script in scripts))
 
 
 def _off(value: int | None) -> int:
@@ -219,11 +246,7 @@ class RedisLimiter:
         self._lease = lease_seconds
         # A hard ceiling on top of the socket timeouts, which do not cover every await inside redis-py.
         self._deadline = connect_timeout + op_timeout
-        self._reserve = self._redis.register_script(_RESERVE)
-        self._settle = self._redis.register_script(_SETTLE)
-        self._counters = self._redis.register_script(_COUNTERS)
-        self._renew = self._redis.register_script(_RENEW)
-        self._add_spend = self._redis.register_script(_ADD_SPEND)
+        self._scripts = _Scripts.register(self._redis)
         self._spend: dict[str, tuple[str, int]] = {}  # tenant -> (period, spend) from Redis's last answer
         self._held: dict[str, set[str]] = {}  # tenant -> request ids whose leases this process renews
         self._renewer: asyncio.Task[None] | None = None
@@ -264,7 +287,7 @@ class RedisLimiter:
             repr(NEVER_FITS_RETRY_AFTER),
             repr(CONCURRENCY_RETRY_AFTER),
         ]
-        out = await self._run(self._reserve, keys, args)
+        out = await self._run(self._scripts.reserve, keys, args)
         if int(out[0]) == 1:
             period = _text(out[1])
             self._spend[tenant_id] = (period, int(out[2]))
@@ -292,7 +315,7 @@ class RedisLimiter:
             reservation.request_id,
             SPEND_TTL_SECONDS,
         ]
-        spend = await self._run(self._settle, keys, args)
+        spend = await self._run(self._scripts.settle, keys, args)
         self._note_spend(tenant, reservation.period, int(spend))
 
     async def add_spend(self, tenant_id: str, period: str, delta_micros: int) -> None:
@@ -300,7 +323,7 @@ class RedisLimiter:
         if delta_micros == 0:
             return
         key = self._key(tenant_id, f"spend:{period}")
-        spend = await self._run(self._add_spend, [key], [delta_micros, SPEND_TTL_SECONDS])
+        spend = await self._run(self._scripts.add_spend, [key], [delta_micros, SPEND_TTL_SECONDS])
         self._note_spend(tenant_id, period, int(spend))
 
     def _note_spend(self, tenant_id: str, period: str, spend: int) -> None:
@@ -311,7 +334,9 @@ class RedisLimiter:
     async def counters(self, tenant_id: str, spec: LimitSpec) -> TenantCounters:
         """Current counters of one tenant, read in one script at server time."""
         keys = [self._key(tenant_id, "rpm"), self._key(tenant_id, "tpm"), self._key(tenant_id, "conc")]
-        out = await self._run(self._counters, keys, [_off(spec.rpm), _off(spec.tpm), self._key(tenant_id, "spend:")])
+        out = await self._run(
+            self._scripts.counters, keys, [_off(spec.rpm), _off(spec.tpm), self._key(tenant_id, "spend:")]
+        )
         requests, tokens = _text(out[0]), _text(out[1])
         self._note_spend(tenant_id, _text(out[4]), int(out[3]))
         return TenantCounters(
@@ -332,7 +357,9 @@ class RedisLimiter:
         renewed = 0
         for tenant, ids in list(self._held.items()):
             if ids:
-                renewed += int(await self._run(self._renew, [self._key(tenant, "conc")], [repr(self._lease), *ids]))
+                renewed += int(
+                    await self._run(self._scripts.renew, [self._key(tenant, "conc")], [repr(self._lease), *ids])
+                )
         return renewed
 
     def _start_renewing(self) -> None:
