@@ -26,8 +26,6 @@ SSE_HEADERS = [
 # holding the gateway's memory.
 MAX_RESPONSE_BYTES = 64 << 20
 
-# The usage of a request that got no answer: nothing is billed for it.
-
 # Called once the request's usage is known and before the client gets its last byte, so that a request the
 # client saw complete is always in the outbox.
 OnComplete = Callable[[RequestOutcome], None]

@@ -22,9 +22,9 @@ from fleetgate.fleet.metrics import ReplicaMetrics
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.routing.plugins import make_router
 from fleetgate.routing.router import RouteDecision, RouteRequest
-from fleetgate.scheduling.admission import BATCH, AdmissionController
-from fleetgate.scheduling.fair_queue import PRIORITIES, FairQueue, Ticket
-from fleetgate.scheduling.reserve import ReservePolicy, ShareReserve, TenantShares, may_take
+from fleetgate.scheduling.admission import AdmissionController
+from fleetgate.scheduling.fair_queue import Ticket
+from fleetgate.sim.admission import SimAdmission
 from fleetgate.sim.decode_run import DecodeBatch
 from fleetgate.sim.engine import Engine, FakeClock, Sequence, Status, Step
 from fleetgate.sim.kvcache import ROOT_HASH, chain_hashes
@@ -90,6 +90,9 @@ class SimReplica:
     samples: int = 0
 
 
+Queued = tuple[SimRequest, "Outcome"]  # what waits in the simulated gateway's queue
+
+
 @dataclass
 class RunResult:
     """Raw results of one simulated run; report.py turns them into numbers."""
@@ -121,17 +124,11 @@ class FleetSim:
             self.replicas.append(SimReplica(i, r, engine))
         self._by_id = {s.replica.id: s for s in self.replicas}
         self.candidates = [s.replica for s in self.replicas]
-        self.admission: AdmissionController | None = None
+        self.admission: SimAdmission[Queued] | None = None
         if spec.admission is not None:
-            self.admission = AdmissionController(spec.admission, ReplicaRegistry(self.candidates), now)
+            controller = AdmissionController(spec.admission, ReplicaRegistry(self.candidates), now)
+            self.admission = SimAdmission(controller, spec.model, self._admitted, self._shed_queued, self._deadline_at)
         self._context = min(s.engine.max_model_len for s in self.replicas)
-        self.queue: FairQueue[tuple[SimRequest, Outcome]] = FairQueue(spec.admission.quantum if spec.admission else 1)
-        # The gateway's reserve for tenants under their share, on simulated time (see scheduling/reserve.py).
-        window = spec.admission.active_window if spec.admission else 10.0
-        self.shares = TenantShares(window)
-        self.reserve: ReservePolicy = self.admission.reserve if self.admission is not None else ShareReserve(0, 0.0)
-        self.admitted = 0
-        self.capacity = 0
         self._heap: list[tuple[float, int, int, Any]] = []
         self._counter = 0
         self._live: dict[Sequence, tuple[RouteDecision, Outcome]] = {}
@@ -186,8 +183,8 @@ class FleetSim:
                     self._scrape()
                 elif kind == TICK:
                     self._tick()
-                else:
-                    self._deadline(obj)
+                elif self.admission is not None:
+                    self.admission.deadline(obj)
             elif nxt is not None:
                 clock.t = nxt.arrival
                 out = Outcome(nxt.index, nxt.tenant, nxt.arrival, len(nxt.prompt_ids), priority=nxt.priority)
@@ -199,91 +196,44 @@ class FleetSim:
                 return events
             events += 1
 
-    # --- admission: FairQueue and AdmissionController's capacity rule, run synchronously on simulated time ---
+    # --- admission: the gateway's rule on simulated time (sim/admission.py) ---
 
     def _arrive(self, req: SimRequest, out: Outcome) -> None:
         # AdmissionController.check_context's rule (vLLM's own 400 without admission), with the fleet's smallest
         # context window found once: it scans every replica, and the simulated fleet never changes
         if len(req.prompt_ids) + req.max_tokens > self._context:
             self._shed(out, "context")
-            return
-        ctl = self.admission
-        if ctl is None:
+        elif self.admission is None:
             self._route(req, out)
-            return
-        cfg = ctl.cfg
-        if req.priority == BATCH:
-            pressure = ctl.kv_pressure(self.spec.model)
-            if pressure is not None and pressure >= cfg.shed_kv_threshold:
-                self._shed(out, "kv_pressure")
-                return
-        self.shares.arrived(req.tenant, req.priority, 1, self.clock.t)
-        ahead = self.queue.peek_priority()
-        if (ahead is None or ahead >= req.priority) and self._may_take(req.tenant, req.priority, 1):
-            self._admit(req, out)
-            return
-        ticket = Ticket(req.tenant, req.priority, max(len(req.prompt_ids) + req.max_tokens, 1), 1, (req, out))
-        ticket.enqueued_at = self.clock.t
-        if len(self.queue) >= cfg.max_queue:
-            victim = self.queue.victim_for(ticket)
-            if victim is None:
-                self._shed(out, "queue_full")
-                return
-            self.queue.remove(victim)
-            self._shed(victim.item[1], "evicted")
-        self.queue.push(ticket)
-        self._push(self.clock.t + cfg.queue_timeout[PRIORITIES[req.priority]], DEADLINE, ticket)
+        else:
+            cost = len(req.prompt_ids) + req.max_tokens
+            self.admission.arrive((req, out), req.tenant, req.priority, cost, self.clock.t)
+
+    def _admitted(self, item: Queued) -> None:
+        self._route(*item)
+
+    def _shed_queued(self, item: Queued, reason: str) -> None:
+        self._shed(item[1], reason)
+
+    def _deadline_at(self, when: float, ticket: Ticket[Queued]) -> None:
+        self._push(when, DEADLINE, ticket)
 
     def _shed(self, out: Outcome, reason: str) -> None:
         out.status = f"shed:{reason}"
         out.finished_at = self.clock.t
-
-    def _deadline(self, ticket: Ticket[tuple[SimRequest, Outcome]]) -> None:
-        if self.queue.remove(ticket):
-            self._shed(ticket.item[1], "deadline")
-
-    def _may_take(self, tenant: str, priority: int, weight: int) -> bool:
-        return may_take(
-            self.reserve,
-            self.shares,
-            self.admitted,
-            self.capacity,
-            tenant,
-            priority,
-            weight,
-            self.clock.t,
-            self.queue.waiting(),
-        )
-
-    def _admit(self, req: SimRequest, out: Outcome) -> None:
-        self.admitted += 1
-        self.shares.started(req.tenant, req.priority)
-        self._route(req, out)
-
-    def _dispatch(self) -> None:
-        queue = self.queue
-
-        def allow(ticket: Ticket[tuple[SimRequest, Outcome]]) -> bool:
-            return self._may_take(ticket.tenant, ticket.priority, ticket.weight)
-
-        while len(queue) and self.admitted < self.capacity:
-            ticket = queue.pop(allow)
-            if ticket is None:
-                break  # what waits is held back by the reserve (tenants over their share)
-            self._admit(*ticket.item)
 
     def _tick(self) -> None:
         # The controller's ticker: capacity follows the engines' queues and scrape freshness, not only releases.
         # The controller re-reads capacity on every acquire; here on each tick and scrape, which is the same as
         # metrics change only at scrapes (and go stale only with time).
         assert self.admission is not None
-        self.capacity = self.admission.capacity(self.spec.model)
-        self._dispatch()
+        self.admission.refresh(self.clock.t)
         if self._busy():
             self._push(self.clock.t + self.admission.cfg.tick_interval, TICK, None)
 
     def _busy(self) -> bool:
-        return self._pending_arrivals or bool(self._live) or bool(len(self.queue))
+        waiting = self.admission.waiting() if self.admission is not None else 0
+        return self._pending_arrivals or bool(self._live) or bool(waiting)
 
     # --- routing and engines ---
 
@@ -388,9 +338,7 @@ class FleetSim:
         decision.replica.in_flight -= 1
         self.router.finish(decision, True)
         if self.admission is not None:
-            self.admitted -= 1
-            self.shares.ended(out.tenant, out.priority, self.clock.t)
-            self._dispatch()
+            self.admission.ended(out.tenant, out.priority, self.clock.t)
 
     def _scrape(self) -> None:
         """Refresh every replica's metrics, as the gateway's scraper does, then re-check admission capacity."""
@@ -399,8 +347,7 @@ class FleetSim:
             self._interrupt(rep, now, cut=False)
             _scrape_one(rep, now)
         if self.admission is not None:
-            self.capacity = self.admission.capacity(self.spec.model)
-            self._dispatch()
+            self.admission.refresh(now)
         if self._busy():
             self._push(now + self.spec.scrape_interval, SCRAPE, None)
 
