@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import aiohttp
 import orjson
 
-from fleetgate.domain.background import Background
+from fleetgate.domain.background import Periodic
 from fleetgate.domain.errors import UpstreamError
 from fleetgate.engines.registry import adapter_for
 from fleetgate.fleet.client import EngineClient
@@ -67,21 +67,20 @@ class AdapterPool:
         self.unloads = 0
         self.observer: LoadObserver | None = None
         self.pin_interval = pin_interval
-        self._background = Background("fleetgate-adapter-pins")
+        self._pins: Periodic | None = None
 
     def start(self, registry: ReplicaRegistry) -> None:
         """Keep pinned adapters loaded, in the background."""
 
-        async def loop() -> None:
-            while True:
-                await self.keep_pinned(registry)
-                await asyncio.sleep(self.pin_interval)
-
-        self._background.start(loop)
+        if self._pins is None:
+            self._pins = Periodic("fleetgate-adapter-pins", lambda: self.keep_pinned(registry), self.pin_interval)
+            self._pins.start()
 
     async def stop(self) -> None:
         """Stop the pinning loop."""
-        await self._background.stop()
+        if self._pins is not None:
+            await self._pins.stop()
+            self._pins = None
 
     def limit(self, replica: Replica) -> int:
         """How many adapters the replica holds at once (vLLM `--max-loras`; per replica when discovery says)."""

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fleetgate.config import AdmissionConfig
+from fleetgate.domain.background import Periodic
 from fleetgate.domain.errors import InvalidRequest, Overloaded, RateLimited
 from fleetgate.fleet.replicas import Replica, ReplicaRegistry
 from fleetgate.scheduling.fair_queue import PRIORITIES, FairQueue, Ticket
@@ -59,7 +60,7 @@ class AdmissionController:
         self.clock = clock
         self.reserve = reserve or ShareReserve(cfg.reserve_slots, cfg.reserve_fraction)
         self._models: dict[str, _ModelState] = {}
-        self._ticker: asyncio.Task[None] | None = None
+        self._ticker = Periodic("fleetgate-admission", self._tick, cfg.tick_interval, wait_first=True)
         self.wait_observer: Callable[[str, float], None] | None = None  # (priority, seconds) for metrics
 
     def _state(self, model: str) -> _ModelState:
@@ -243,21 +244,17 @@ class AdmissionController:
 
     def start(self) -> None:
         """Re-check capacity periodically: replicas recover and engine queues drain without a release here."""
-        self._ticker = asyncio.create_task(self._tick(), name="fleetgate-admission")
+        self._ticker.start()
 
     async def stop(self) -> None:
         """Stop the ticker."""
-        if self._ticker is not None:
-            self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
+        await self._ticker.stop()
 
     async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.tick_interval)
-            now = self.clock()
-            for model, state in self._models.items():
-                state.shares.expire(now, state.queue.waiting())  # so idle tenants are forgotten
-                self._dispatch(model, state)
+        now = self.clock()
+        for model, state in self._models.items():
+            state.shares.expire(now, state.queue.waiting())  # so idle tenants are forgotten
+            self._dispatch(model, state)
 
     def depths(self) -> dict[tuple[str, str, str], int]:
         """Queued requests per (model, tenant, priority)."""

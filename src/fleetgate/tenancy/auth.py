@@ -7,7 +7,6 @@ already in the cache is served even then, so tenants behind the same address as 
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,7 @@ from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from fleetgate.domain.background import Periodic
 from fleetgate.domain.errors import AuthenticationFailed, PermissionDenied, UpstreamUnavailable
 from fleetgate.tenancy.failures import FailureLimiter
 from fleetgate.tenancy.keys import hash_key
@@ -62,25 +62,22 @@ class TenantAuthenticator:
     def __init__(self, store: TenantStore, poll_interval: float = 0.5, failures: FailureLimiter | None = None) -> None:
         self._store = store
         self.failures = failures if failures is not None else FailureLimiter()
-        self._poll_interval = poll_interval
         self._cache: dict[str, tuple[ApiKeyInfo, Tenant]] = {}
         self._unknown: set[str] = set()
         self._revision = -1
-        self._task: asyncio.Task[None] | None = None
+        # The first poll comes one interval after start(), which reads the revision itself.
+        self._poller = Periodic("fleetgate-key-cache", self._poll, poll_interval, wait_first=True)
         # Called after each tenancy change (the adapter catalog reloads itself here).
         self.listeners: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> None:
         """Read the current revision and start polling for changes."""
         self._revision = await self._store.revision()
-        self._task = asyncio.create_task(self._poll(), name="fleetgate-key-cache")
+        self._poller.start()
 
     async def stop(self) -> None:
         """Stop polling."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._poller.stop()
 
     def invalidate(self) -> None:
         """Forget every cached key (called on any tenancy change)."""
@@ -88,22 +85,21 @@ class TenantAuthenticator:
         self._unknown.clear()
 
     async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self._poll_interval)
+        try:
+            revision = await self._store.revision()
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("tenant store unreachable, keeping cached keys: %s", type(exc).__name__)
+            return
+        if revision == self._revision:
+            return
+        self._revision = revision
+        self.invalidate()
+        for listener in self.listeners:
             try:
-                revision = await self._store.revision()
+                await listener()
             except (SQLAlchemyError, OSError) as exc:
-                log.warning("tenant store unreachable, keeping cached keys: %s", type(exc).__name__)
-                continue
-            if revision != self._revision:
-                self._revision = revision
-                self.invalidate()
-                for listener in self.listeners:
-                    try:
-                        await listener()
-                    except (SQLAlchemyError, OSError) as exc:
-                        log.warning("tenancy change listener failed, retrying next change: %s", exc)
-                        self._revision = -1  # so the next poll runs the listeners again
+                log.warning("tenancy change listener failed, retrying next change: %s", exc)
+                self._revision = -1  # so the next poll runs the listeners again
 
     async def authenticate(self, authorization: bytes | None, *, client: str | None = None) -> Principal:
         """The principal for a header sent from `client` (the peer's address), or 401/403, or 429 when that address
