@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -198,10 +199,17 @@ async def _holds(books: PriceBooks, version: int) -> bool:
 
 async def test_unreadable_ledger_charges_the_config_prices_meanwhile(tmp_path: Path) -> None:
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/missing/dir/x.db")  # cannot be opened
+    threads_before = set(threading.enumerate())
     books = PriceBooks(engine, PricesConfig())
     await books.start()
     await books.stop()
     await engine.dispose()
+    # aiosqlite stops the thread of a connection that failed to open without waiting for it: wait here, while this
+    # test's loop still takes the thread's last answer (after the loop closes, the thread would fail posting it).
+    opened = set(threading.enumerate()) - threads_before
+    for thread in (t for t in opened if "_connection_worker_thread" in t.name):
+        await asyncio.to_thread(thread.join, 10)
+        assert not thread.is_alive(), f"{thread.name} did not stop"
     rate = books.rate("smollm2", None, "anyone", time.time())
     assert rate is not None and (rate.input, rate.cached_input, rate.output) == (100_000, 50_000, 200_000)
 
