@@ -27,6 +27,7 @@ from fleetgate.scheduling.admission import AdmissionController
 from fleetgate.serving.handler import CompletionHandler
 from fleetgate.tenancy.gate import TenantGate
 from fleetgate.tenancy.store import TenantStore
+from tests.fakes import FakeEngine
 from tests.keys import ADMIN_KEY, DEMO_KEY
 
 
@@ -126,15 +127,36 @@ async def running_gateway(
         uvicorn_config(build_app(gateway), shutdown_grace=config.gateway.shutdown_grace, limits=config.gateway)
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    for _ in range(200):
-        if server.started:
-            break
-        await asyncio.sleep(0.02)
     port = sock.getsockname()[1]
     try:
+        await _until_serving(server, task)
         yield RunningGateway(f"http://127.0.0.1:{port}", Handles.of(gateway), server)
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
         sock.close()
         shutil.rmtree(db_dir, ignore_errors=True)
+
+
+async def _until_serving(server: GatewayServer, task: asyncio.Task[None], bound: float = 60.0) -> None:
+    """Wait until uvicorn says it serves (it has no event for it); fail naming why, within `bound` seconds."""
+    deadline = asyncio.get_running_loop().time() + bound
+    while not server.started:
+        if task.done():
+            task.result()  # raises what stopped the server
+            raise RuntimeError("the gateway stopped before it served")
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"the gateway did not start serving within {bound:.0f} s")
+        await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def gateway_with_fake_engine(**options: Any) -> AsyncIterator[RunningGateway]:
+    """A gateway (running_gateway's `options`) in front of one fake engine serving `smollm2`."""
+    engine = FakeEngine(model="smollm2")
+    await engine.start()
+    try:
+        async with running_gateway([engine.url], **options) as running:
+            yield running
+    finally:
+        await engine.stop()

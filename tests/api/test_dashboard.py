@@ -27,8 +27,7 @@ from fleetgate.observability.metrics import GatewayMetrics
 from fleetgate.observability.timeseries import TimeSeries
 from fleetgate.tenancy.auth import Principal
 from fleetgate.tenancy.models import Tenant
-from tests.fakes import FakeEngine
-from tests.gateway_harness import ADMIN_KEY, RunningGateway, running_gateway
+from tests.gateway_harness import ADMIN_KEY, RunningGateway, gateway_with_fake_engine
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 ACME = {"Authorization": "Bearer fg-acme-key"}
@@ -256,13 +255,8 @@ async def set_prices(gw: RunningGateway) -> None:
 
 @pytest.fixture
 async def live() -> AsyncIterator[RunningGateway]:
-    engine = FakeEngine(model="smollm2")
-    await engine.start()
-    try:
-        async with running_gateway([engine.url]) as running:
-            yield running
-    finally:
-        await engine.stop()
+    async with gateway_with_fake_engine() as running:
+        yield running
 
 
 async def test_real_gateway_overview_and_tenant_page(live: RunningGateway) -> None:

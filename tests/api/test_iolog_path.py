@@ -8,22 +8,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.fakes import FakeEngine
-from tests.gateway_harness import RunningGateway, running_gateway
+from tests.gateway_harness import RunningGateway, gateway_with_fake_engine
 from tests.waiting import wait_until
 
 
 @pytest.fixture
 async def gw(tmp_path: Any) -> AsyncIterator[RunningGateway]:
-    engine = FakeEngine(model="smollm2")
-    await engine.start()
-    try:
-        async with running_gateway(
-            [engine.url], sections={"iolog": {"url": f"sqlite:///{tmp_path / 'io.db'}"}}
-        ) as running:
-            yield running
-    finally:
-        await engine.stop()
+    async with gateway_with_fake_engine(sections={"iolog": {"url": f"sqlite:///{tmp_path / 'io.db'}"}}) as running:
+        yield running
 
 
 async def _tenant(http: aiohttp.ClientSession, gw: RunningGateway, name: str, **spec: Any) -> dict[str, str]:

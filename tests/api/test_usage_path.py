@@ -9,19 +9,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.fakes import FakeEngine
-from tests.gateway_harness import RunningGateway, running_gateway
+from tests.gateway_harness import RunningGateway, gateway_with_fake_engine
 
 
 @pytest.fixture
 async def gw() -> AsyncIterator[RunningGateway]:
-    engine = FakeEngine(model="smollm2")
-    await engine.start()
-    try:
-        async with running_gateway([engine.url]) as running:
-            yield running
-    finally:
-        await engine.stop()
+    async with gateway_with_fake_engine() as running:
+        yield running
 
 
 async def _key(http: aiohttp.ClientSession, gw: RunningGateway, name: str) -> dict[str, str]:

@@ -12,19 +12,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleetgate.fleet.metrics import ReplicaMetrics
 from fleetgate.observability.metrics import OTHER, TenantLabels
-from tests.fakes import FakeEngine
-from tests.gateway_harness import RunningGateway, running_gateway
+from tests.gateway_harness import RunningGateway, gateway_with_fake_engine
 
 
 @pytest.fixture
 async def gw() -> AsyncIterator[RunningGateway]:
-    engine = FakeEngine(model="smollm2")
-    await engine.start()
-    try:
-        async with running_gateway([engine.url]) as running:
-            yield running
-    finally:
-        await engine.stop()
+    async with gateway_with_fake_engine() as running:
+        yield running
 
 
 def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
